@@ -16,6 +16,7 @@ Exit codes:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 
 import click
@@ -29,14 +30,26 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "geoip": ("egresswatch.commands.geoip", "geoip", "Look up, inspect and build GeoIP dbs."),
     "policy": ("egresswatch.commands.policy", "policy", "Check a policy file."),
     "catalog": ("egresswatch.commands.catalog", "catalog", "Show and check the service catalog."),
+    "flows": ("egresswatch.commands.flows", "flows", "List recorded flows with filters."),
+    "report": ("egresswatch.commands.report", "report", "Summarise egress by service and country."),
+    "tail": ("egresswatch.commands.tail", "tail", "Follow new decisions live."),
+    "db": ("egresswatch.commands.db", "db", "Database upkeep: migrate, prune."),
+    "proxy": ("egresswatch.commands.proxy", "proxy", "Run the inline mitmproxy sensor."),
+    "sniff": ("egresswatch.commands.sniff", "sniff", "Passive capture, live or from a pcap."),
+    "run": ("egresswatch.commands.run", "run", "Run the whole monitor from one config."),
 }
+
+
+def _available() -> list[str]:
+    """Commands whose module exists in this install."""
+    return [name for name, (module, _, _) in COMMANDS.items() if importlib.util.find_spec(module)]
 
 
 class LazyGroup(click.Group):
     """A group whose subcommands are imported only when used (fast ``--help``)."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+        return sorted(set(super().list_commands(ctx)) | set(_available()))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name in COMMANDS:
@@ -53,7 +66,7 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        rows = [(name, COMMANDS[name][2]) for name in sorted(_available())]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
