@@ -60,7 +60,6 @@ def build_inspector(settings: Settings) -> Inspector:
     """
     from egresswatch.catalog import Catalog
     from egresswatch.geo import GeoChain
-    from egresswatch.policy import Policy
 
     geo = GeoChain.from_paths(
         country_db=settings.country_db,

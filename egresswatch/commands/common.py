@@ -9,14 +9,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from egresswatch.model import Mode
 from egresswatch.runtime import Settings
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -50,7 +48,7 @@ class HostPortType(click.ParamType):
         return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def inspector_options(func: F) -> F:
+def inspector_options[F: Callable[..., Any]](func: F) -> F:
     """The flags every inspector-building command takes (policy, mode, catalog, GeoIP)."""
     options = [
         click.option(
