@@ -137,16 +137,36 @@ class _StoreCollector(Collector):
 
     def _families(self, stats: Any = None) -> Iterator[Metric]:
         specs: list[tuple[str, str, str, bool]] = [
-            ("queue_length", "egresswatch_store_queue_length",
-             "Decisions waiting in the store's write queue.", False),
-            ("queue_capacity", "egresswatch_store_queue_capacity",
-             "Size of the store's write queue.", False),
-            ("dropped", "egresswatch_store_dropped",
-             "Decisions dropped because the store's queue was full.", True),
-            ("spill_bytes", "egresswatch_store_spill_bytes",
-             "Size of the local spill journal waiting to be replayed.", False),
-            ("spill_records", "egresswatch_store_spill_records",
-             "Decisions in the local spill journal waiting to be replayed.", False),
+            (
+                "queue_length",
+                "egresswatch_store_queue_length",
+                "Decisions waiting in the store's write queue.",
+                False,
+            ),
+            (
+                "queue_capacity",
+                "egresswatch_store_queue_capacity",
+                "Size of the store's write queue.",
+                False,
+            ),
+            (
+                "dropped",
+                "egresswatch_store_dropped",
+                "Decisions dropped because the store's queue was full.",
+                True,
+            ),
+            (
+                "spill_bytes",
+                "egresswatch_store_spill_bytes",
+                "Size of the local spill journal waiting to be replayed.",
+                False,
+            ),
+            (
+                "spill_records",
+                "egresswatch_store_spill_records",
+                "Decisions in the local spill journal waiting to be replayed.",
+                False,
+            ),
         ]
         for attr, name, doc, counter in specs:
             family: CounterMetricFamily | GaugeMetricFamily

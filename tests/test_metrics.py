@@ -66,8 +66,7 @@ def test_a_decision_is_counted_once_per_label_set() -> None:
     assert get("egresswatch_alerts_total", _labels(verdict="allow")) is None
     assert get("egresswatch_findings_total", _labels(kind="email")) == 1
     assert (
-        get("egresswatch_payloads_total", _labels(payload_type="chat-prompt", verdict="allow"))
-        == 1
+        get("egresswatch_payloads_total", _labels(payload_type="chat-prompt", verdict="allow")) == 1
     )
 
 
@@ -97,9 +96,7 @@ def test_labels_are_bounded(service, kind, country, want_service, want_country) 
     registry, m = _metrics()
     m.record(decision(service=service, kind=kind, country=country))
     assert (
-        registry.get_sample_value(
-            "egresswatch_flows_total", _labels(want_service, want_country)
-        )
+        registry.get_sample_value("egresswatch_flows_total", _labels(want_service, want_country))
         == 1
     )
 
