@@ -1,0 +1,354 @@
+"""Opening a store: where the database lives, connecting, migrating.
+
+``open_store()`` is the one entry point. It resolves the URL (argument, then
+``$EGRESSWATCH_DB``, then ``$XDG_DATA_HOME/egresswatch/egresswatch.db``),
+creates a SQLite file with mode 0600 in a 0700 folder, sets WAL, runs the
+alembic migrations to head, and wraps every SQLAlchemy/psycopg error in a
+:class:`~egresswatch.errors.StoreError` that says what to fix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from egresswatch.errors import StoreError
+from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
+
+if TYPE_CHECKING:
+    from egresswatch.store.writer import StoreWriter
+
+ENV_VAR = "EGRESSWATCH_DB"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+#: seconds to wait for a locked SQLite database before failing a statement
+#: (https://www.sqlite.org/c3ref/busy_timeout.html)
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: seconds psycopg waits for a PostgreSQL connection; short, so an outage is
+#: noticed quickly and decisions go to the spill journal
+#: (https://www.postgresql.org/docs/15/libpq-connect.html#LIBPQ-CONNECT-CONNECT-TIMEOUT)
+PG_CONNECT_TIMEOUT_S = 3
+
+
+def data_dir() -> Path:
+    """``$XDG_DATA_HOME/egresswatch`` (XDG Base Directory spec; default ``~/.local/share``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
+    return Path(base) / "egresswatch"
+
+
+def default_url() -> str:
+    """The database URL used when none is given: ``$EGRESSWATCH_DB`` or the XDG default file."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return normalise_url(env)
+    return "sqlite:///" + str(data_dir() / "egresswatch.db")
+
+
+def normalise_url(value: str) -> str:
+    """Accept a SQLAlchemy URL or a plain file path (taken as a SQLite database)."""
+    value = value.strip()
+    if not value:
+        raise StoreError("empty database URL")
+    if "://" not in value:
+        return "sqlite:///" + str(Path(value).expanduser().resolve())
+    if value.startswith(("postgresql://", "postgres://")):
+        # psycopg 3 is the driver egresswatch ships with (pyproject), not psycopg2
+        value = "postgresql+psycopg://" + value.split("://", 1)[1]
+    return value
+
+
+def display_url(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def _prepare_sqlite_file(path: Path) -> None:
+    """Create the folder (0700) and the database file (0600) before SQLite does.
+
+    SQLite gives its -wal and -shm files the permissions of the database file
+    (unix VFS, ``findCreateFileMode``), so they are 0600 too.
+    """
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL: readers (flows, tail, report) never block the writer thread and a
+    # kill -9 leaves every committed transaction intact (https://www.sqlite.org/wal.html).
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL is durable against process crashes in WAL mode; only a power loss
+    # may lose the last commits (https://www.sqlite.org/pragma.html#pragma_synchronous).
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cur.close()
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    """What ``egresswatch db info`` shows."""
+
+    url: str
+    dialect: str
+    revision: str | None
+    head: str
+    flows: int
+    findings: int
+    alerts: int
+    dns_answers: int
+    oldest: float | None
+    newest: float | None
+    path: str | None
+    size_bytes: int | None
+
+
+class Store:
+    """An open database: an engine, a session factory, and the writer that feeds it."""
+
+    def __init__(self, url: str, engine: Engine) -> None:
+        self.url = url
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return display_url(self.url)
+
+    @property
+    def path(self) -> Path | None:
+        """The database file for SQLite, else None."""
+        if self.dialect != "sqlite":
+            return None
+        database = make_url(self.url).database
+        return Path(database) if database and database != ":memory:" else None
+
+    def session(self) -> Session:
+        """A new ORM session (``with store.session() as s: ...``)."""
+        return self.sessions()
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection inside a transaction; database errors become StoreError."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as e:
+            raise StoreError(f"database error on {self.display_url}: {_short(e)}") from e
+
+    def writer(
+        self,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        queue_size: int = 100_000,
+        spill_path: str | os.PathLike[str] | None = None,
+        node: str | None = None,
+        retention: Any = None,
+    ) -> StoreWriter:
+        """Start a :class:`~egresswatch.store.writer.StoreWriter` (a ``ports.Sink``) on this store.
+
+        ``spill_path`` is the journal used while the database is unreachable;
+        by default a file next to the default database named after this URL.
+        """
+        from egresswatch.store.writer import StoreWriter
+
+        return StoreWriter(
+            self,
+            batch_size=batch_size,
+            flush_interval=flush_interval,
+            queue_size=queue_size,
+            spill_path=Path(spill_path) if spill_path else self.default_spill_path(),
+            node=node,
+            retention=retention,
+        )
+
+    def default_spill_path(self) -> Path:
+        """``<data dir>/spill-<hash of URL>.jsonl``: one journal per database."""
+        digest = hashlib.sha256(self.url.encode()).hexdigest()[:12]
+        if self.path is not None:
+            return self.path.with_name(self.path.name + ".spill.jsonl")
+        return data_dir() / f"spill-{digest}.jsonl"
+
+    def revision(self) -> str | None:
+        """The alembic revision the database is at (None: empty database)."""
+        with self.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def upgrade(self) -> tuple[str | None, str]:
+        """Migrate to head; return (revision before, revision after)."""
+        return upgrade(self.engine, self.display_url)
+
+    def info(self) -> StoreInfo:
+        """Revision, row counts and time range."""
+        with self.connect() as conn:
+            rev = MigrationContext.configure(conn).get_current_revision()
+            counts = {
+                name: conn.execute(select(func.count()).select_from(model)).scalar_one()
+                for name, model in (
+                    ("flows", Flow),
+                    ("findings", FindingRow),
+                    ("alerts", AlertRow),
+                    ("dns_answers", DnsAnswerRow),
+                )
+            }
+            oldest, newest = conn.execute(select(func.min(Flow.ts), func.max(Flow.ts))).one()
+        path = self.path
+        size = None
+        if path is not None and path.exists():
+            size = sum(
+                p.stat().st_size
+                for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm"))
+                if p.exists()
+            )
+        return StoreInfo(
+            url=self.display_url,
+            dialect=self.dialect,
+            revision=rev,
+            head=head_revision(),
+            flows=counts["flows"],
+            findings=counts["findings"],
+            alerts=counts["alerts"],
+            dns_answers=counts["dns_answers"],
+            oldest=oldest,
+            newest=newest,
+            path=str(path) if path else None,
+            size_bytes=size,
+        )
+
+    def close(self) -> None:
+        """Release all connections."""
+        self.engine.dispose()
+
+
+def _short(e: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's background link."""
+    orig = getattr(e, "orig", None)
+    text = str(orig if orig is not None else e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest migration this egresswatch knows."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def upgrade(engine: Engine, shown_url: str) -> tuple[str | None, str]:
+    """Run migrations to head on ``engine``; never drops data. Returns (before, after)."""
+    head = head_revision()
+    known = {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
+    try:
+        with engine.begin() as conn:
+            before = MigrationContext.configure(conn).get_current_revision()
+            if before is not None and before not in known:
+                raise StoreError(
+                    f"{shown_url} is at schema revision {before}, newer than this egresswatch "
+                    f"knows (head {head}); upgrade egresswatch instead of the database"
+                )
+            if before != head:
+                command.upgrade(_alembic_config(conn), "head")
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot migrate {shown_url}: {_short(e)}") from e
+    return before, head
+
+
+def create_store_engine(url: str) -> Engine:
+    """An engine for ``url`` with egresswatch's connection settings (no I/O yet)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise StoreError(
+            f"not a database URL: {url!r} (expected sqlite:///PATH, "
+            "postgresql+psycopg://USER@HOST:PORT/DB or a file path)"
+        ) from e
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        engine = create_engine(url)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    if backend == "postgresql":
+        try:
+            return create_engine(
+                url,
+                pool_pre_ping=True,
+                connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S},
+            )
+        except (NoSuchModuleError, ModuleNotFoundError) as e:
+            raise StoreError(
+                f"no driver for {display_url(url)}: {e}; use postgresql+psycopg://"
+            ) from e
+    raise StoreError(
+        f"unsupported database {display_url(url)}: egresswatch supports SQLite and PostgreSQL"
+    )
+
+
+def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
+    """Open (and by default migrate to head) the database at ``url``.
+
+    ``url`` may be a SQLAlchemy URL or a plain file path; None means
+    ``$EGRESSWATCH_DB`` or ``$XDG_DATA_HOME/egresswatch/egresswatch.db``.
+    Raises :class:`StoreError` with a message naming the database when it cannot
+    be reached, created or migrated.
+    """
+    url = normalise_url(url) if url else default_url()
+    engine = create_store_engine(url)
+    shown = display_url(url)
+    store = Store(url, engine)
+    if engine.dialect.name == "sqlite":
+        path = store.path
+        if path is not None:
+            try:
+                _prepare_sqlite_file(path)
+            except OSError as e:
+                raise StoreError(f"cannot create SQLite database {path}: {e.strerror}") from e
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except SQLAlchemyError as e:
+        engine.dispose()
+        where = "PostgreSQL at " if engine.dialect.name == "postgresql" else ""
+        raise StoreError(f"cannot connect to {where}{shown}: {_short(e)}") from e
+    if migrate:
+        try:
+            upgrade(engine, shown)
+        except StoreError:
+            engine.dispose()
+            raise
+    return store

@@ -1,0 +1,183 @@
+"""Turning a :class:`~egresswatch.model.Decision` into table rows.
+
+Plain dicts keyed by column name: they go to ``INSERT ... executemany`` as they
+are, and to the spill journal as JSON. Privacy rules are applied here, once:
+query-string values are redacted, bodies and header values are never read,
+findings carry only their redacted form.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from egresswatch.model import UNKNOWN_COUNTRY, Decision, FlowClosed
+
+#: what replaces every query-string value (keys stay: ``?key=…&model=…``)
+REDACTED = "…"
+
+#: column -> max length, from schema.py (PostgreSQL refuses longer strings)
+_LIMITS = {
+    "decision_id": 64,
+    "flow_id": 64,
+    "node": 64,
+    "stage": 16,
+    "client_addr": 45,
+    "client_app": 256,
+    "client_process": 128,
+    "dst_addr": 45,
+    "host": 255,
+    "sni": 255,
+    "http_host": 255,
+    "dns_name": 255,
+    "method": 16,
+    "path": 2048,
+    "as_org": 255,
+    "geo_label": 64,
+    "service_id": 64,
+    "service_name": 128,
+    "operator": 128,
+    "payload_types": 255,
+    "flags": 255,
+    "rule": 128,
+    "status": 32,
+}
+
+
+def clip(value: str | None, limit: int) -> str | None:
+    """Cut ``value`` to ``limit`` characters (None stays None)."""
+    if value is None or len(value) <= limit:
+        return value
+    return value[: limit - 1] + "…"
+
+
+def redact_path(path: str | None) -> str | None:
+    """Drop the fragment and replace every query-string value, keeping the keys.
+
+    ``/v1/search?q=secret&key=sk-1`` -> ``/v1/search?q=…&key=…``. Keys are kept
+    because they tell what kind of data went out; values are what must not be
+    stored (RFC 3986 section 3.4: the query is opaque data; ``&``/``=`` splitting is
+    the application/x-www-form-urlencoded convention everyone uses).
+    """
+    if path is None:
+        return None
+    path = path.split("#", 1)[0]
+    if "?" not in path:
+        return path
+    base, query = path.split("?", 1)
+    parts = []
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, sep, _value = pair.partition("=")
+        # a bare value without '=' may itself be a token: keep only that it was there
+        parts.append(f"{key}={REDACTED}" if sep else REDACTED)
+    return base + "?" + "&".join(parts) if parts else base
+
+
+def join_set(values: tuple[str, ...] | list[str]) -> str:
+    """``("a", "b") -> ",a,b,"``: delimited so ``LIKE '%,a,%'`` is exact."""
+    return "," + ",".join(str(v) for v in values) + "," if values else ","
+
+
+def split_set(value: str | None) -> tuple[str, ...]:
+    """Inverse of :func:`join_set`."""
+    if not value:
+        return ()
+    return tuple(v for v in value.split(",") if v)
+
+
+def flow_row(decision: Decision, node: str | None = None) -> dict[str, Any]:
+    """The ``flows`` row of a decision."""
+    a = decision.assessment
+    o = a.observation
+    v = decision.verdict
+    geo = a.geo
+    svc = a.service
+    row: dict[str, Any] = {
+        "decision_id": decision.id,
+        "flow_id": o.flow_id,
+        "ts": o.time,
+        "sensor": str(o.sensor),
+        "node": node,
+        "stage": str(o.stage),
+        "client_addr": o.client_addr,
+        "client_port": o.client_port,
+        "client_app": o.client_app,
+        "client_process": o.client_process,
+        "client_pid": o.client_pid,
+        "transport": str(o.transport),
+        "protocol": str(o.protocol),
+        "dst_addr": o.dst_addr,
+        "dst_port": o.dst_port,
+        "host": a.host,
+        "sni": o.sni,
+        "http_host": o.http_host,
+        "dns_name": o.dns_name,
+        "method": o.method,
+        "path": redact_path(o.path),
+        "country": (geo.country or UNKNOWN_COUNTRY).upper()[:2],
+        "asn": geo.asn,
+        "as_org": geo.org,
+        "geo_source": str(geo.source),
+        "geo_label": geo.label,
+        "service_id": svc.service.id if svc else None,
+        "service_name": svc.service.name if svc else None,
+        "service_match": str(svc.kind) if svc else None,
+        "operator": svc.service.operator if svc else None,
+        "operator_country": (a.operator_country or None) and a.operator_country[:2],
+        "payload_types": join_set([str(p) for p in a.payload_types]),
+        "flags": join_set(list(a.flags)),
+        "findings": len(a.findings),
+        "verdict": v.label,
+        "action": str(v.action),
+        "mode": str(v.mode),
+        "rule": v.rule,
+        "reason": v.reason,
+        "bytes_out": o.bytes_out,
+        "bytes_in": o.bytes_in,
+        "duration": None,
+        "status": None,
+        "closed_ts": None,
+        "elapsed": decision.elapsed,
+    }
+    for key, limit in _LIMITS.items():
+        value = row[key]
+        if isinstance(value, str) and len(value) > limit:
+            row[key] = clip(value, limit)
+    return row
+
+
+def finding_rows(decision: Decision) -> list[dict[str, Any]]:
+    """The ``findings`` rows of a decision: kind and redacted value only."""
+    a = decision.assessment
+    o = a.observation
+    country = (a.geo.country or UNKNOWN_COUNTRY).upper()[:2]
+    service_id = a.service.service.id if a.service else None
+    return [
+        {
+            "decision_id": decision.id,
+            "seq": i,
+            "ts": o.time,
+            "sensor": str(o.sensor),
+            "kind": str(f.kind),
+            "redacted": clip(f.redacted, 256),
+            "where": clip(f.where, 64),
+            "detail": clip(f.detail, 64),
+            "service_id": service_id,
+            "country": country,
+        }
+        for i, f in enumerate(a.findings)
+    ]
+
+
+def closed_row(event: FlowClosed) -> dict[str, Any]:
+    """The values a :class:`FlowClosed` sets on the latest row of its flow."""
+    return {
+        "flow_id": event.flow_id,
+        "sensor": str(event.sensor),
+        "closed_ts": event.time,
+        "bytes_out": event.bytes_out,
+        "bytes_in": event.bytes_in,
+        "duration": event.duration,
+        "status": clip(event.status, 32),
+    }
