@@ -1,0 +1,865 @@
+"""The inline sensor: a mitmproxy addon that judges each flow before its payload leaves.
+
+The addon converts mitmproxy objects into :class:`~egresswatch.model.Observation`
+values, asks the :class:`~egresswatch.inspector.Inspector` for a Decision at the
+earliest point that has enough information (DESIGN.md, "Verdicts and where they
+bite"), acts on the verdict, and hands every Decision to the sinks, which never
+block the event loop.
+
+- ``tls_clienthello``: SNI and destination address. A blocked destination gets
+  no TLS handshake (the client connection is closed before a ServerHello) and,
+  with ``connection_strategy=lazy``, no upstream connection. Passthrough hosts are
+  judged and recorded, then relayed without interception.
+- ``requestheaders``: host, path, headers. ``request``: the body (first
+  ``egresswatch_body_limit`` bytes). Larger bodies are streamed, holding back only
+  the first ``egresswatch_body_limit`` bytes until they are judged.
+- ``response`` / ``error`` / ``websocket_end`` / ``tcp_end`` / ``udp_end``: a
+  FlowClosed with byte counts and duration.
+- WebSocket messages are judged one by one; a blocked message is dropped.
+- Raw TCP/UDP (transparent and WireGuard modes) is judged by address and port;
+  QUIC (UDP/443) is refused unless ``egresswatch_allow_quic`` is set, so clients
+  fall back to TCP where they can be inspected.
+
+Results for other addons are in ``flow.metadata["egresswatch"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import ipaddress
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mitmproxy import connection, ctx, exceptions, http, tcp, tls, udp, websocket
+from mitmproxy.addonmanager import Loader
+from mitmproxy.proxy import server_hooks
+
+from egresswatch.clientinfo import ProcessInfo, ProcessLookup, app_hint, is_local_client
+from egresswatch.model import Decision, FlowClosed, Mode, Observation, Sensor, Stage, Transport
+from egresswatch.model import Protocol as Proto
+from egresswatch.ports import Sink
+
+log = logging.getLogger(__name__)
+
+#: metadata key shared with other addons
+META = "egresswatch"
+#: default number of body bytes held for classification (also the streaming threshold)
+DEFAULT_BODY_LIMIT = 256 * 1024
+#: HTTP 451 Unavailable For Legal Reasons (RFC 7725): a jurisdiction rule refused the request.
+BLOCK_STATUS = 451
+#: how long a name resolved for judging stays cached, and how long a lookup may take
+_DNS_TTL = 60.0
+_DNS_TIMEOUT = 2.0
+#: how long a first request waits for its client's process lookup before going on without it
+_PROCESS_WAIT = 0.05
+
+
+class InspectorLike(Protocol):
+    """What the addon needs from the core (``egresswatch.inspector.Inspector``)."""
+
+    def inspect(self, obs: Observation) -> Decision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AddonConfig:
+    """The addon's own options, parsed once (see :func:`parse_options`)."""
+
+    body_limit: int = DEFAULT_BODY_LIMIT
+    allow_quic: bool = False
+    passthrough: tuple[str, ...] = ()
+    process_lookup: bool = True
+
+
+def parse_size(text: str) -> int:
+    """``"64k"``, ``"1m"``, ``"4096"`` -> bytes. Raises ValueError."""
+    raw = text.strip().lower().removesuffix("b").removesuffix("i")
+    factor = 1
+    for suffix, mult in (("k", 1024), ("m", 1024**2), ("g", 1024**3)):
+        if raw.endswith(suffix):
+            raw, factor = raw[:-1], mult
+            break
+    try:
+        value = int(raw) * factor
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (examples: 65536, 64k, 1m)") from None
+    if value < 0:
+        raise ValueError(f"size must not be negative: {text!r}")
+    return value
+
+
+def parse_passthrough(patterns: Iterable[str]) -> tuple[str, ...]:
+    """Host patterns for TLS passthrough (``example.com``, ``*.example.com``). Raises ValueError."""
+    out: list[str] = []
+    for pattern in patterns:
+        p = pattern.strip().lower().rstrip(".")
+        if not p or any(c in p for c in " /:@"):
+            raise ValueError(f"not a host pattern: {pattern!r} (examples: apple.com, *.apple.com)")
+        out.append(p)
+    return tuple(out)
+
+
+def parse_options(
+    body_limit: str, allow_quic: bool, passthrough: Sequence[str], process_lookup: bool
+) -> AddonConfig:
+    """Turn option strings into an :class:`AddonConfig`. Raises ValueError."""
+    return AddonConfig(
+        body_limit=parse_size(body_limit),
+        allow_quic=allow_quic,
+        passthrough=parse_passthrough(passthrough),
+        process_lookup=process_lookup,
+    )
+
+
+def host_matches(host: str | None, patterns: Sequence[str]) -> bool:
+    """True if ``host`` is one of ``patterns`` or below one (``a.com`` covers ``x.a.com``)."""
+    if not host or not patterns:
+        return False
+    host = host.lower().rstrip(".")
+    for p in patterns:
+        if p.startswith("*."):
+            if fnmatch.fnmatchcase(host, p):
+                return True
+        elif host == p or host.endswith("." + p):
+            return True
+    return False
+
+
+def block_body(decision: Decision) -> bytes:
+    """The JSON a person sees in an app's error message when a request is blocked."""
+    a = decision.assessment
+    service = a.service.service if a.service is not None else None
+    doc = {
+        "error": "blocked by egresswatch",
+        "rule": decision.verdict.rule,
+        "reason": decision.verdict.reason,
+        "service": service.name if service else None,
+        "operator": service.operator if service else None,
+        "operator_country": a.operator_country,
+        "address_country": a.geo.country,
+        "host": a.host,
+        "payload_types": [str(t) for t in a.payload_types],
+        "decision_id": decision.id,
+    }
+    return json.dumps(doc, indent=2).encode() + b"\n"
+
+
+def _is_ip(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _headers(h: http.Headers) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in h.items(multi=True))
+
+
+def _meta(decision: Decision) -> dict[str, Any]:
+    """Plain values only: metadata is serialised when flows are saved (``-w``)."""
+    a = decision.assessment
+    return {
+        "decision_id": decision.id,
+        "verdict": decision.verdict.label,
+        "rule": decision.verdict.rule,
+        "reason": decision.verdict.reason,
+        "stage": str(decision.observation.stage),
+        "payload_types": [str(t) for t in a.payload_types],
+        "address_country": a.geo.country,
+        "operator_country": a.operator_country,
+    }
+
+
+class _HeadHold:
+    """``request.stream`` callable: holds back the first ``limit`` bytes, judges, then releases.
+
+    Only the request line and headers leave before the verdict; if the head of the body is
+    blocked, no body byte is sent and the flow is killed at its end.
+    """
+
+    def __init__(self, limit: int, judge: Callable[[bytes, bool], bool]) -> None:
+        self.limit = limit
+        self.judge = judge
+        self.held = bytearray()
+        self.total = 0
+        self.decided = False
+        self.blocked = False
+
+    def __call__(self, chunk: bytes) -> bytes | list[bytes]:
+        self.total += len(chunk)
+        if self.blocked:
+            return []
+        if self.decided:
+            return chunk
+        self.held += chunk
+        end = chunk == b""
+        if len(self.held) < self.limit and not end:
+            return []
+        self.decided = True
+        self.blocked = self.judge(bytes(self.held[: self.limit]), len(self.held) > self.limit)
+        out = b"" if self.blocked else bytes(self.held)
+        self.held.clear()
+        return [out] if out else []
+
+
+class EgressWatch:
+    """mitmproxy addon: judge, enforce and record each flow (see the module docstring)."""
+
+    def __init__(
+        self,
+        inspector: InspectorLike | None = None,
+        sinks: Sink | None = None,
+        *,
+        builder: Callable[[Any], tuple[InspectorLike, Sink]] | None = None,
+    ) -> None:
+        # Injected parts (tests, `egresswatch run`) win over ones built from options.
+        self._inspector = inspector
+        self._sinks = sinks
+        self._injected = inspector is not None
+        self._builder = builder
+        self._cfg = AddonConfig()
+        self._procs = ProcessLookup()
+        self._attr: dict[str, asyncio.Future[ProcessInfo | None]] = {}
+        self._dns: dict[str, tuple[str | None, float]] = {}
+        self._blocked_clients: set[str] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- options ---------------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "egresswatch_policy", str, "", "Policy file (TOML). Empty: the shipped default policy."
+        )
+        loader.add_option(
+            "egresswatch_mode",
+            str,
+            "",
+            "monitor or enforce: overrides the policy file's mode. Empty: as the policy says.",
+        )
+        loader.add_option(
+            "egresswatch_catalog", str, "", "Extra service catalog file(s), comma-separated."
+        )
+        loader.add_option(
+            "egresswatch_db",
+            str,
+            "",
+            "Database URL (sqlite:///path or postgresql+psycopg://...). "
+            "Empty: the default SQLite file; none: record nothing.",
+        )
+        loader.add_option(
+            "egresswatch_geoip_dir", str, "", "Directory holding MaxMind-format GeoIP databases."
+        )
+        loader.add_option(
+            "egresswatch_country_db",
+            str,
+            "",
+            "Country database (.mmdb); overrides the one in the GeoIP dir.",
+        )
+        loader.add_option("egresswatch_asn_db", str, "", "ASN database (.mmdb).")
+        loader.add_option(
+            "egresswatch_overrides",
+            str,
+            "",
+            "GeoIP overrides file (CIDR -> country or label), consulted first.",
+        )
+        loader.add_option(
+            "egresswatch_metrics_listen",
+            str,
+            "",
+            "Serve Prometheus /metrics on HOST:PORT (127.0.0.1 when no host is given). Empty: off.",
+        )
+        loader.add_option(
+            "egresswatch_sensor_name",
+            str,
+            "",
+            "Name of this sensor in records and metrics. Empty: the host name.",
+        )
+        loader.add_option(
+            "egresswatch_body_limit",
+            str,
+            "256k",
+            "Request body bytes read for classification; larger bodies are streamed "
+            "and judged on their first bytes (held back until judged).",
+        )
+        loader.add_option(
+            "egresswatch_allow_quic",
+            bool,
+            False,
+            "Let QUIC (UDP/443) through uninspected. "
+            "Off: QUIC is refused so clients fall back to TCP.",
+        )
+        loader.add_option(
+            "egresswatch_passthrough",
+            Sequence[str],
+            [],
+            "Hosts relayed without TLS interception (certificate pinning); "
+            "still judged and recorded by SNI and address.",
+        )
+        loader.add_option(
+            "egresswatch_process_lookup",
+            bool,
+            True,
+            "Attribute local clients to a process name and pid (reads /proc).",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        ours = {name for name in updated if name.startswith("egresswatch_")}
+        if not ours:
+            return
+        try:
+            self._cfg = parse_options(
+                opts.egresswatch_body_limit,
+                opts.egresswatch_allow_quic,
+                opts.egresswatch_passthrough,
+                opts.egresswatch_process_lookup,
+            )
+        except ValueError as e:
+            raise exceptions.OptionsError(f"egresswatch: {e}") from e
+        building = ours - {
+            "egresswatch_body_limit",
+            "egresswatch_allow_quic",
+            "egresswatch_passthrough",
+            "egresswatch_process_lookup",
+        }
+        if building and not self._injected:
+            self._build(opts)
+        self._require_lazy()
+
+    def _build(self, opts: Any) -> None:
+        from egresswatch.errors import EgressWatchError
+
+        builder = self._builder or _build_from_options
+        try:
+            inspector, sinks = builder(opts)
+        except (EgressWatchError, ValueError) as e:
+            raise exceptions.OptionsError(f"egresswatch: {e}") from e
+        if self._sinks is not None:
+            self._sinks.close()
+        self._inspector, self._sinks = inspector, sinks
+
+    def _mode(self) -> Mode | None:
+        policy = getattr(self._inspector, "policy", None)
+        mode = getattr(policy, "mode", None)
+        return mode if isinstance(mode, Mode) else None
+
+    def _require_lazy(self) -> None:
+        # Enforce mode needs lazy upstream connections: with "eager", mitmproxy connects to the
+        # server as soon as the client connects, before any verdict (lab-notes.md).
+        if self._mode() is Mode.ENFORCE and ctx.options.connection_strategy != "lazy":
+            ctx.options.update(connection_strategy="lazy")
+            log.info(
+                "egresswatch: enforce mode: set connection_strategy=lazy (no upstream "
+                "contact before a verdict)"
+            )
+
+    def running(self) -> None:
+        self._require_lazy()
+
+    def done(self) -> None:
+        if self._sinks is not None:
+            self._sinks.close()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _judge(self, obs: Observation) -> Decision | None:
+        if self._inspector is None:
+            return None
+        return self._inspector.inspect(obs)
+
+    def _record(self, decision: Decision) -> None:
+        if self._sinks is not None:
+            self._sinks.record(decision)
+
+    def _closed(self, event: FlowClosed) -> None:
+        if self._sinks is not None:
+            self._sinks.flow_closed(event)
+
+    async def _resolve(self, host: str | None) -> str | None:
+        """An address to judge for a destination known only by name (regular/upstream mode)."""
+        if host is None or _is_ip(host):
+            return host
+        now = time.monotonic()
+        hit = self._dns.get(host)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        addr: str | None = None
+        try:
+            infos = await asyncio.wait_for(
+                asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM),
+                _DNS_TIMEOUT,
+            )
+            addr = str(infos[0][4][0]) if infos else None
+        except (OSError, TimeoutError, UnicodeError):
+            addr = None  # unknown address: the policy decides what unknown gets
+        if len(self._dns) > 10_000:
+            self._dns.clear()
+        self._dns[host] = (addr, now + _DNS_TTL)
+        return addr
+
+    def _cached_addr(self, host: str | None) -> str | None:
+        if host is None or _is_ip(host):
+            return host
+        hit = self._dns.get(host)
+        return hit[0] if hit else None
+
+    def _start_attribution(self, client: connection.Client) -> None:
+        if not self._cfg.process_lookup or not is_local_client(client.peername[0]):
+            return
+        addr, port = client.peername[0], client.peername[1]
+        task = asyncio.ensure_future(asyncio.to_thread(self._procs.owner, addr, port))
+        self._attr[client.id] = task
+
+    async def _process(self, client: connection.Client) -> ProcessInfo | None:
+        fut = self._attr.get(client.id)
+        if fut is None:
+            return None
+        if not fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), _PROCESS_WAIT)
+            except TimeoutError:
+                return None
+        return self._process_now(client)
+
+    def _process_now(self, client: connection.Client) -> ProcessInfo | None:
+        fut = self._attr.get(client.id)
+        if fut is None or not fut.done() or fut.cancelled() or fut.exception() is not None:
+            return None
+        return fut.result()
+
+    def _client_fields(self, client: connection.Client, ua: str | None) -> dict[str, Any]:
+        proc = self._process_now(client)
+        return {
+            "client_addr": client.peername[0] if client.peername else None,
+            "client_port": client.peername[1] if client.peername else None,
+            "client_app": app_hint(ua) or (proc.name if proc else None),
+            "client_pid": proc.pid if proc else None,
+            "client_process": proc.name if proc else None,
+        }
+
+    def _http_obs(
+        self, flow: http.HTTPFlow, stage: Stage, body: bytes = b"", truncated: bool = False
+    ) -> Observation:
+        req = flow.request
+        host, port = flow.server_conn.address or (req.host, req.port)
+        return Observation(
+            sensor=Sensor.PROXY,
+            transport=Transport.UDP if req.is_http3 else Transport.TCP,
+            protocol=Proto.HTTPS if req.scheme == "https" else Proto.HTTP,
+            dst_addr=self._cached_addr(host),
+            dst_port=port,
+            stage=stage,
+            flow_id=flow.id,
+            sni=flow.client_conn.sni,
+            http_host=req.pretty_host,
+            dns_name=None if _is_ip(host) else host,
+            alpn=tuple(a.decode("ascii", "replace") for a in flow.client_conn.alpn_offers),
+            method=req.method,
+            path=req.path,
+            headers=_headers(req.headers),
+            body=body,
+            body_truncated=truncated,
+            bytes_out=len(body),
+            **self._client_fields(flow.client_conn, req.headers.get("user-agent")),
+        )
+
+    def _answer_blocked(self, flow: http.HTTPFlow, decision: Decision) -> None:
+        flow.response = http.Response.make(
+            BLOCK_STATUS,
+            block_body(decision),
+            {"content-type": "application/json", "x-egresswatch-rule": decision.verdict.rule},
+        )
+        flow.metadata[META]["blocked"] = True
+
+    def _act(self, flow: http.HTTPFlow, decision: Decision) -> bool:
+        """Store the verdict on the flow, answer 451 if enforced. True if blocked."""
+        flow.metadata[META] = _meta(decision)
+        if decision.verdict.enforced:
+            self._answer_blocked(flow, decision)
+            return True
+        return False
+
+    # -- connections -----------------------------------------------------------------------
+
+    def client_connected(self, client: connection.Client) -> None:
+        self._start_attribution(client)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._attr.pop(client.id, None)
+        self._blocked_clients.discard(client.id)
+
+    async def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        client, server = data.context.client, data.context.server
+        host, port = server.address or (None, None)
+        is_quic = server.transport_protocol == "udp" or client.transport_protocol == "udp"
+        addr = await self._resolve(host)
+        await self._process(client)
+        sni = data.client_hello.sni
+        obs = Observation(
+            sensor=Sensor.PROXY,
+            transport=Transport.UDP if is_quic else Transport.TCP,
+            protocol=Proto.QUIC if is_quic else Proto.TLS,
+            dst_addr=addr,
+            dst_port=port,
+            stage=Stage.CLIENTHELLO,
+            flow_id=client.id,
+            sni=sni,
+            dns_name=None if host is None or _is_ip(host) else host,
+            alpn=tuple(a.decode("ascii", "replace") for a in data.client_hello.alpn_protocols),
+            **self._client_fields(client, None),
+        )
+        decision = self._judge(obs)
+        if decision is None:
+            return
+        passthrough = host_matches(sni or host, self._cfg.passthrough)
+        blocked = decision.verdict.enforced or (is_quic and not self._cfg.allow_quic)
+        if blocked:
+            # No ServerHello: tls_start_client withdraws the TLS context and mitmproxy closes
+            # the client connection. With lazy connections nothing went upstream.
+            self._blocked_clients.add(client.id)
+        elif passthrough:
+            data.ignore_connection = True
+        # Intercepted connections are recorded per request; record here what will not be.
+        if blocked or passthrough or decision.verdict.label != "allow":
+            self._record(decision)
+
+    def tls_start_client(self, data: tls.TlsData) -> None:
+        if data.context.client.id in self._blocked_clients:
+            data.ssl_conn = None
+
+    # -- HTTP ------------------------------------------------------------------------------
+
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if not flow.live:
+            return
+        host = (flow.server_conn.address or (flow.request.host, 0))[0]
+        if not _is_ip(host) and host not in self._dns:
+            await self._resolve(host)
+        if flow.client_conn.id in self._attr:
+            await self._process(flow.client_conn)
+        decision = self._judge(self._http_obs(flow, Stage.REQUEST_HEADERS))
+        if decision is None:
+            return
+        if self._act(flow, decision):
+            self._record(decision)
+            return
+        length = flow.request.headers.get("content-length")
+        chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
+        too_big = chunked or (
+            length is not None and length.isdigit() and int(length) > self._cfg.body_limit
+        )
+        if too_big:
+            flow.request.stream = _HeadHold(
+                self._cfg.body_limit, lambda head, more: self._judge_head(flow, head, more)
+            )
+
+    def _judge_head(self, flow: http.HTTPFlow, head: bytes, truncated: bool) -> bool:
+        decision = self._judge(self._http_obs(flow, Stage.REQUEST, head, truncated))
+        if decision is None:
+            return False
+        flow.metadata[META] = _meta(decision)
+        flow.metadata[META]["streamed"] = True
+        self._record(decision)
+        if decision.verdict.enforced:
+            flow.metadata[META]["blocked"] = True
+            return True
+        return False
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is not None:
+            return
+        stream = flow.request.stream
+        if isinstance(stream, _HeadHold):
+            if stream.blocked:
+                flow.kill()  # headers left, no body byte did; end it here
+            return
+        raw = flow.request.raw_content or b""
+        limit = self._cfg.body_limit
+        decision = self._judge(self._http_obs(flow, Stage.REQUEST, raw[:limit], len(raw) > limit))
+        if decision is None:
+            return
+        self._act(flow, decision)
+        self._record(decision)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.response is None:
+            return
+        meta = flow.metadata.get(META)
+        if meta is None:
+            return
+        req, resp = flow.request, flow.response
+        blocked = bool(meta.get("blocked"))
+        stream = req.stream
+        out = stream.total if isinstance(stream, _HeadHold) else len(req.raw_content or b"")
+        end = resp.timestamp_end or time.time()
+        self._closed(
+            FlowClosed(
+                flow_id=flow.id,
+                sensor=Sensor.PROXY,
+                time=end,
+                bytes_out=0 if blocked else out,
+                bytes_in=0 if blocked else _body_len(resp),
+                duration=max(0.0, end - req.timestamp_start),
+                status=f"{resp.status_code}" + (" blocked" if blocked else ""),
+            )
+        )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if meta is None or meta.get("closed"):
+            return
+        meta["closed"] = True
+        req = flow.request
+        stream = req.stream
+        out = stream.total if isinstance(stream, _HeadHold) else len(req.raw_content or b"")
+        blocked = bool(meta.get("blocked"))
+        self._closed(
+            FlowClosed(
+                flow_id=flow.id,
+                sensor=Sensor.PROXY,
+                time=time.time(),
+                bytes_out=0 if blocked else out,
+                bytes_in=0,
+                duration=max(0.0, time.time() - req.timestamp_start),
+                status="blocked" if blocked else (flow.error.msg[:80] if flow.error else "error"),
+            )
+        )
+
+    # -- WebSocket -------------------------------------------------------------------------
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        if not flow.live or flow.websocket is None:
+            return
+        message: websocket.WebSocketMessage = flow.websocket.messages[-1]
+        if not message.from_client:
+            return
+        limit = self._cfg.body_limit
+        content = message.content
+        base = self._http_obs(flow, Stage.MESSAGE, content[:limit], len(content) > limit)
+        obs = _replace_protocol(base, Proto.WEBSOCKET)
+        decision = self._judge(obs)
+        if decision is None:
+            return
+        self._record(decision)
+        if decision.verdict.enforced:
+            message.drop()
+
+    def websocket_end(self, flow: http.HTTPFlow) -> None:
+        if flow.websocket is None or flow.response is None:
+            return
+        msgs = flow.websocket.messages
+        start = flow.response.timestamp_end or flow.request.timestamp_start
+        self._closed(
+            FlowClosed(
+                flow_id=flow.id,
+                sensor=Sensor.PROXY,
+                time=time.time(),
+                bytes_out=sum(len(m.content) for m in msgs if m.from_client and not m.dropped),
+                bytes_in=sum(len(m.content) for m in msgs if not m.from_client),
+                duration=max(0.0, time.time() - start),
+                status=f"ws {flow.websocket.close_code}",
+            )
+        )
+
+    # -- raw TCP / UDP ---------------------------------------------------------------------
+
+    def _raw_obs(self, flow: tcp.TCPFlow | udp.UDPFlow, transport: Transport) -> Observation:
+        host, port = flow.server_conn.address or (None, None)
+        return Observation(
+            sensor=Sensor.PROXY,
+            transport=transport,
+            protocol=Proto.QUIC if transport is Transport.UDP and port == 443 else Proto.RAW,
+            dst_addr=self._cached_addr(host),
+            dst_port=port,
+            stage=Stage.CONNECT,
+            flow_id=flow.id,
+            sni=flow.client_conn.sni,
+            dns_name=None if host is None or _is_ip(host) else host,
+            **self._client_fields(flow.client_conn, None),
+        )
+
+    def tcp_start(self, flow: tcp.TCPFlow) -> None:
+        if not flow.live:
+            return
+        decision = self._judge(self._raw_obs(flow, Transport.TCP))
+        if decision is None:
+            return
+        flow.metadata[META] = _meta(decision)
+        self._record(decision)
+        if decision.verdict.enforced:
+            flow.metadata[META]["blocked"] = True
+            flow.kill()
+
+    def udp_start(self, flow: udp.UDPFlow) -> None:
+        if not flow.live:
+            return
+        decision = self._judge(self._raw_obs(flow, Transport.UDP))
+        if decision is None:
+            return
+        flow.metadata[META] = _meta(decision)
+        self._record(decision)
+        quic = flow.server_conn.address is not None and flow.server_conn.address[1] == 443
+        if decision.verdict.enforced or (quic and not self._cfg.allow_quic):
+            flow.metadata[META]["blocked"] = True
+            flow.kill()
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # Last line: a connection whose raw flow was blocked never reaches the server.
+        if data.client.id in self._blocked_clients:
+            data.server.error = "blocked by egresswatch"
+
+    def tcp_end(self, flow: tcp.TCPFlow) -> None:
+        self._raw_closed(flow)
+
+    def tcp_error(self, flow: tcp.TCPFlow) -> None:
+        self._raw_closed(flow)
+
+    def udp_end(self, flow: udp.UDPFlow) -> None:
+        self._raw_closed(flow)
+
+    def udp_error(self, flow: udp.UDPFlow) -> None:
+        self._raw_closed(flow)
+
+    def _raw_closed(self, flow: tcp.TCPFlow | udp.UDPFlow) -> None:
+        meta = flow.metadata.get(META)
+        if meta is None or meta.get("closed"):
+            return
+        meta["closed"] = True
+        msgs = flow.messages
+        start = flow.client_conn.timestamp_start
+        self._closed(
+            FlowClosed(
+                flow_id=flow.id,
+                sensor=Sensor.PROXY,
+                time=time.time(),
+                bytes_out=sum(len(m.content) for m in msgs if m.from_client),
+                bytes_in=sum(len(m.content) for m in msgs if not m.from_client),
+                duration=max(0.0, time.time() - start),
+                status="blocked"
+                if meta.get("blocked")
+                else (flow.error.msg[:80] if flow.error else "closed"),
+            )
+        )
+
+
+def _body_len(resp: http.Response) -> int:
+    if resp.raw_content is not None:
+        return len(resp.raw_content)
+    length = resp.headers.get("content-length", "")
+    return int(length) if length.isdigit() else 0
+
+
+def _replace_protocol(obs: Observation, protocol: Proto) -> Observation:
+    from dataclasses import replace
+
+    return replace(obs, protocol=protocol)
+
+
+def _build_from_options(opts: Any) -> tuple[InspectorLike, Sink]:
+    """Build the inspector and sinks from ``egresswatch_*`` options via ``egresswatch.runtime``."""
+    from prometheus_client import CollectorRegistry
+
+    from egresswatch import runtime
+
+    settings = settings_from_options(opts)
+    inspector = runtime.build_inspector(settings)
+    registry = CollectorRegistry()
+    build_sinks = getattr(runtime, "build_sinks", None)
+    if build_sinks is not None:
+        return inspector, build_sinks(settings, registry)
+    return inspector, _fallback_sinks(settings, registry, inspector)
+
+
+def _fallback_sinks(settings: Any, registry: Any, inspector: Any) -> Sink:
+    """Store writer + metrics, for checkouts where ``runtime.build_sinks`` is not there yet."""
+    from egresswatch import metrics
+    from egresswatch.ports import FanOut
+
+    parts: list[Sink] = []
+    services = [s.id for s in getattr(getattr(inspector, "catalog", None), "services", ())]
+    m = metrics.Metrics(registry, sensor_name=settings.sensor_name, known_services=services)
+    parts.append(m)
+    server = None
+    if settings.metrics_listen is not None:
+        server = metrics.serve(registry, *settings.metrics_listen)
+    if settings.store:
+        from egresswatch.store import open_store
+
+        parts.append(open_store(settings.db_url).writer())
+    fan = FanOut(parts)
+    if server is not None:
+        parts.append(_Closer(server.close))
+    return fan
+
+
+class _Closer:
+    """A sink that only closes something (the metrics listener) at shutdown."""
+
+    def __init__(self, close: Callable[[], None]) -> None:
+        self._close = close
+
+    def record(self, decision: Decision) -> None:
+        pass
+
+    def flow_closed(self, event: FlowClosed) -> None:
+        pass
+
+    def close(self) -> None:
+        self._close()
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``"PORT"``, ``"HOST:PORT"`` or ``"[V6]:PORT"`` -> (host, port); no host means 127.0.0.1."""
+    raw = text.strip()
+    host = "127.0.0.1"
+    if raw.startswith("["):
+        end = raw.find("]")
+        if end < 0 or raw[end + 1 : end + 2] != ":":
+            raise ValueError(f"not HOST:PORT: {text!r}")
+        host, raw = raw[1:end], raw[end + 2 :]
+    elif ":" in raw:
+        host, raw = raw.rsplit(":", 1)
+        host = host or "127.0.0.1"
+    if not raw.isdigit() or not 0 <= int(raw) <= 65535:
+        raise ValueError(f"not a port: {text!r} (examples: 9721, 127.0.0.1:9721)")
+    return host, int(raw)
+
+
+def settings_from_options(opts: Any) -> Any:
+    """``egresswatch_*`` mitmproxy options -> ``runtime.Settings``. Raises ValueError."""
+    from pathlib import Path
+
+    from egresswatch import runtime
+
+    def path(value: str) -> Path | None:
+        return Path(value).expanduser() if value else None
+
+    db = opts.egresswatch_db.strip()
+    fields: dict[str, Any] = {
+        "policy": path(opts.egresswatch_policy),
+        "mode": Mode(opts.egresswatch_mode) if opts.egresswatch_mode else None,
+        "catalogs": tuple(Path(p) for p in opts.egresswatch_catalog.split(",") if p.strip()),
+        "geoip_dir": path(opts.egresswatch_geoip_dir),
+        "country_db": path(opts.egresswatch_country_db),
+        "asn_db": path(opts.egresswatch_asn_db),
+        "geo_overrides": path(opts.egresswatch_overrides),
+        "db_url": None if db in ("", "none") else db,
+        "store": db != "none",
+        "metrics_listen": (
+            parse_listen(opts.egresswatch_metrics_listen)
+            if opts.egresswatch_metrics_listen
+            else None
+        ),
+        "body_limit": parse_size(opts.egresswatch_body_limit),
+    }
+    if opts.egresswatch_sensor_name:
+        fields["sensor_name"] = opts.egresswatch_sensor_name
+    return runtime.Settings(**fields)
