@@ -1,0 +1,1084 @@
+"""The policy: which jurisdictions data may go to, and what each flow gets.
+
+A policy is a TOML file (see ``docs/policy.md`` and the shipped
+``egresswatch/data/policy-example.toml``)::
+
+    mode = "enforce"                  # or "monitor": blocks are recorded as would-block
+    approved = ["EU", "US"]           # ISO 3166 alpha-2 codes and groups
+    require = ["address", "operator"] # which jurisdictions must be approved
+    outside = "block"                 # what a flow leaving the approved set gets
+
+    [unknown]                         # what a flow gets when a country is unknown
+    address = "block"
+    operator = "alert"
+
+    [[rules]]                         # ordered; the first match wins
+    name = "block-cn-operators"
+    action = "block"
+    operator_country = ["CN"]
+
+:meth:`Policy.decide` answers in this order:
+
+1. a local destination (loopback, private ...) is not egress: only rules with
+   ``local = true`` see it, else the built-in rule ``local`` allows it;
+2. the first rule whose matchers all match (lists are any-of). ``allow`` and
+   ``block`` are final; an ``alert`` rule never weakens the checks below: the
+   stricter of the two answers wins;
+3. the jurisdiction checks (``jurisdiction``, ``unknown-address``,
+   ``unknown-operator``), and when all pass the built-in ``default``.
+
+The module is part of the pure core: it reads its file once at load and then
+decides without I/O. Rules are compiled to frozensets and regular expressions at
+load, so :meth:`Policy.decide` costs a few microseconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from egresswatch.errors import ConfigError
+from egresswatch.model import (
+    UNKNOWN_COUNTRY,
+    Action,
+    Assessment,
+    FindingKind,
+    MatchKind,
+    Mode,
+    PayloadType,
+    Sensor,
+    Verdict,
+)
+
+# --------------------------------------------------------------------------- countries
+
+
+#: ISO 3166-1 alpha-2 officially assigned codes (249, as published by the ISO 3166
+#: Maintenance Agency; checked in tests against phonenumbers' region list).
+def _codes(text: str) -> frozenset[str]:
+    """Country codes written as a whitespace-separated block (easy to proofread)."""
+    return frozenset(text.split())
+
+
+ISO_COUNTRIES: frozenset[str] = _codes(
+    """
+    AD AE AF AG AI AL AM AO AQ AR AS AT AU AW AX AZ BA BB BD BE BF BG BH BI BJ BL BM BN BO BQ
+    BR BS BT BV BW BY BZ CA CC CD CF CG CH CI CK CL CM CN CO CR CU CV CW CX CY CZ DE DJ DK DM
+    DO DZ EC EE EG EH ER ES ET FI FJ FK FM FO FR GA GB GD GE GF GG GH GI GL GM GN GP GQ GR GS
+    GT GU GW GY HK HM HN HR HT HU ID IE IL IM IN IO IQ IR IS IT JE JM JO JP KE KG KH KI KM KN
+    KP KR KW KY KZ LA LB LC LI LK LR LS LT LU LV LY MA MC MD ME MF MG MH MK ML MM MN MO MP MQ
+    MR MS MT MU MV MW MX MY MZ NA NC NE NF NG NI NL NO NP NR NU NZ OM PA PE PF PG PH PK PL PM
+    PN PR PS PT PW PY QA RE RO RS RU RW SA SB SC SD SE SG SH SI SJ SK SL SM SN SO SR SS ST SV
+    SX SY SZ TC TD TF TG TH TJ TK TL TM TN TO TR TT TV TW TZ UA UG UM US UY UZ VA VC VE VG VI
+    VN VU WF WS YE YT ZA ZM ZW
+    """
+)
+
+#: Codes outside the official list that GeoIP databases do return: Kosovo's user-assigned
+#: "XK" (used by MaxMind, DB-IP and IPinfo).
+EXTRA_COUNTRIES: frozenset[str] = frozenset({"XK"})
+
+#: Common non-ISO spellings and the code to use instead.
+_COUNTRY_HINTS = {"UK": "GB", "EL": "GR"}
+
+_EU = _codes(
+    # The 27 member states since 2020-02-01 (europa.eu, "EU countries"); Greece is GR in ISO.
+    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE"
+)
+_EFTA = frozenset({"CH", "IS", "LI", "NO"})  # efta.int, "The EFTA States"
+#: EEA = EU + Iceland, Liechtenstein, Norway (EEA Agreement; Switzerland is not a party).
+_EEA = _EU | {"IS", "LI", "NO"}
+#: GDPR Art. 45 adequacy decisions (European Commission, "Adequacy decisions", as of 2026):
+#: Andorra, Argentina, Canada (commercial organisations), Faroe Islands, Guernsey, Israel,
+#: Isle of Man, Japan, Jersey, New Zealand, Republic of Korea, Switzerland, United Kingdom,
+#: Uruguay. The United States is adequate only for organisations certified under the
+#: EU-US Data Privacy Framework, which a network monitor cannot see, so US is NOT in this group.
+_ADEQUATE = _EEA | _codes("AD AR CA FO GG IL IM JP JE NZ KR CH GB UY")
+
+#: Built-in country groups usable wherever a country is expected.
+COUNTRY_GROUPS: Mapping[str, frozenset[str]] = {
+    "EU": _EU,
+    "EEA": _EEA,
+    "EFTA": _EFTA,
+    "EU-ADEQUATE": _ADEQUATE,
+}
+
+_GROUP_NAME = re.compile(r"^[A-Z][A-Z0-9-]{2,31}$")
+
+# --------------------------------------------------------------------------- rule fields
+
+#: Names a rule may not take: they are the built-in verdict rules.
+BUILTIN_RULES = frozenset(
+    {"jurisdiction", "unknown-address", "unknown-operator", "local", "default"}
+)
+
+_RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SERVICE_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_GLOB_CHARS = frozenset("*?[")
+
+#: Matcher keys of a rule, with a one-line description for errors and docs.
+MATCHERS: Mapping[str, str] = {
+    "service": "catalog service ids (official matches only)",
+    "category": "catalog categories (official matches only)",
+    "operator_country": "operator's country: ISO codes or groups, ZZ for unknown",
+    "address_country": "address country: ISO codes or groups, ZZ for unknown",
+    "payload": "payload types",
+    "finding": "finding kinds",
+    "flag": "assessment flags such as 'lookalike', 'name-mismatch', 'ech'",
+    "client": "globs on the client address, app hint or process name",
+    "host": "globs on the host name (or the address when there is no name)",
+    "port": "destination ports: numbers or 'low-high' ranges",
+    "sensor": "sensors: proxy, sniffer, explain, verify",
+    "lookalike": "true: only lookalikes of a catalogued brand; false: never",
+    "local": "true: only local (non-egress) destinations; false: only egress",
+}
+_RULE_KEYS = frozenset({"name", "action", "reason", *MATCHERS})
+_TOP_KEYS = frozenset(
+    {
+        "mode",
+        "approved",
+        "require",
+        "outside",
+        "default",
+        "unknown",
+        "groups",
+        "rules",
+        "passthrough_hosts",
+    }
+)
+_UNKNOWN_KEYS = frozenset({"address", "operator"})
+_REQUIRE = ("address", "operator")
+
+#: Built-in verdicts for a policy file that does not say: unknown is a first-class answer,
+#: and the safe default for it is to block (DESIGN.md); in monitor mode a block is only
+#: recorded as would-block.
+_DEFAULT_UNKNOWN = Action.BLOCK
+
+#: How many findings a reason sentence spells out before "and N more".
+_REASON_FINDINGS = 4
+
+
+# --------------------------------------------------------------------------- locating lines
+
+
+class _Locator:
+    """Finds the line of a key in raw TOML text (tomllib reports no positions).
+
+    Good enough for policy files as people write them: ``[table]`` / ``[[array]]``
+    headers, ``key = value`` lines, dotted top-level keys (``unknown.address``) and
+    multi-line arrays whose items sit on their own lines.
+    """
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]#]+?)\s*(\]\]?)\s*(?:#.*)?$")
+
+    def __init__(self, text: str) -> None:
+        self.lines = text.splitlines()
+        #: (line number, table name, is array-of-tables)
+        self.headers: list[tuple[int, str, bool]] = []
+        for number, line in enumerate(self.lines, 1):
+            m = self._HEADER.match(line)
+            if m:
+                name = m.group(2).replace('"', "").replace("'", "").strip()
+                self.headers.append((number, name, m.group(1) == "[["))
+
+    def section(self, table: str | None, index: int | None = None) -> tuple[int, int] | None:
+        """(first line, last line) of a table's body; table None is the top level."""
+        if table is None:
+            end = self.headers[0][0] - 1 if self.headers else len(self.lines)
+            return (1, end)
+        seen = 0
+        for pos, (number, name, is_array) in enumerate(self.headers):
+            if name != table or is_array != (index is not None):
+                continue
+            if index is None or seen == index:
+                nxt = (
+                    self.headers[pos + 1][0] - 1 if pos + 1 < len(self.headers) else len(self.lines)
+                )
+                return (number, nxt)
+            seen += 1
+        return None
+
+    def find(
+        self, table: str | None, key: str | None, index: int | None = None, item: Any = None
+    ) -> int | None:
+        """The line of ``key`` (or of one ``item`` of its array) in a table, best effort."""
+        span = self.section(table, index)
+        if span is not None:
+            first, last = span
+            if key is None:
+                return first
+            pattern = re.compile(r"^\s*(?:" + _key_pattern(key) + r")\s*=")
+            for number in range(first, last + 1):
+                if pattern.match(self.lines[number - 1]):
+                    return self._item_line(number, last, item) if item is not None else number
+        if table is not None and index is None:
+            # dotted keys at the top level: `unknown.address = ...`, `unknown = {...}`
+            dotted = f"{table}.{key}" if key else table
+            line = self.find(None, dotted, item=item) or self.find(None, table)
+            if line is not None:
+                return line
+        return span[0] if span is not None and table is not None else None
+
+    def _item_line(self, start: int, last: int, item: Any) -> int:
+        """The line where an array item is written, for multi-line arrays."""
+        token = f'"{item}"' if isinstance(item, str) else str(item).lower()
+        if token in self.lines[start - 1]:
+            return start
+        for number in range(start + 1, last + 1):
+            line = self.lines[number - 1]
+            if "=" in line.split("#", 1)[0] and not line.lstrip().startswith(('"', "'")):
+                break  # the next key: the item was not on a line of its own
+            if token in line or (isinstance(item, str) and f"'{item}'" in line):
+                return number
+        return start
+
+
+def _key_pattern(key: str) -> str:
+    parts = key.split(".")
+    return r"\s*\.\s*".join(
+        rf"(?:{re.escape(p)}|\"{re.escape(p)}\"|'{re.escape(p)}')" for p in parts
+    )
+
+
+# --------------------------------------------------------------------------- compiled rules
+
+
+class _Glob:
+    """Case-insensitive shell-style patterns; literals are a set lookup, the rest one regex."""
+
+    __slots__ = ("literals", "patterns", "regex")
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(patterns)
+        lits = [p for p in self.patterns if not (_GLOB_CHARS & set(p))]
+        globs = [p for p in self.patterns if _GLOB_CHARS & set(p)]
+        self.literals = frozenset(lits)
+        self.regex = re.compile("|".join(fnmatch.translate(p) for p in globs)) if globs else None
+
+    def match(self, value: str) -> bool:
+        if value in self.literals:
+            return True
+        return self.regex is not None and self.regex.match(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One compiled ``[[rules]]`` entry. ``None`` matchers are absent (match anything)."""
+
+    name: str
+    action: Action
+    line: int | None
+    reason: str | None = None
+    service: frozenset[str] | None = None
+    category: frozenset[str] | None = None
+    #: expanded to ISO codes; UNKNOWN_COUNTRY stands for "unknown"
+    operator_country: frozenset[str] | None = None
+    address_country: frozenset[str] | None = None
+    payload: frozenset[PayloadType] | None = None
+    finding: frozenset[FindingKind] | None = None
+    flag: frozenset[str] | None = None
+    client: _Glob | None = None
+    host: _Glob | None = None
+    port: tuple[tuple[int, int], ...] | None = None
+    sensor: frozenset[Sensor] | None = None
+    lookalike: bool | None = None
+    local: bool | None = None
+    #: the matchers as written, for summaries
+    written: tuple[tuple[str, Any], ...] = ()
+
+    def matches(self, a: Assessment) -> bool:
+        """True when every matcher present matches (lists are any-of)."""
+        if self.service is not None or self.category is not None:
+            match = a.service
+            if match is None or match.kind is not MatchKind.OFFICIAL:
+                return False
+            if self.service is not None and match.service.id not in self.service:
+                return False
+            if self.category is not None and match.service.category not in self.category:
+                return False
+        if (
+            self.operator_country is not None
+            and (a.operator_country or UNKNOWN_COUNTRY) not in self.operator_country
+        ):
+            return False
+        if (
+            self.address_country is not None
+            and (a.geo.country or UNKNOWN_COUNTRY) not in self.address_country
+        ):
+            return False
+        if self.payload is not None and self.payload.isdisjoint(a.payload_types):
+            return False
+        if self.finding is not None and self.finding.isdisjoint(f.kind for f in a.findings):
+            return False
+        if self.flag is not None and self.flag.isdisjoint(a.flags):
+            return False
+        if self.lookalike is not None and self.lookalike != _is_lookalike(a):
+            return False
+        if self.sensor is not None and a.observation.sensor not in self.sensor:
+            return False
+        if self.port is not None:
+            port = a.observation.dst_port
+            if port is None or not any(lo <= port <= hi for lo, hi in self.port):
+                return False
+        if self.host is not None:
+            host = a.host or a.observation.dst_addr
+            if host is None or not self.host.match(host.lower().rstrip(".")):
+                return False
+        if self.client is not None:
+            obs = a.observation
+            values = (obs.client_addr, obs.client_app, obs.client_process)
+            if not any(v is not None and self.client.match(v.lower()) for v in values):
+                return False
+        return True
+
+
+def _is_lookalike(a: Assessment) -> bool:
+    return (a.service is not None and a.service.kind is MatchKind.LOOKALIKE) or (
+        "lookalike" in a.flags
+    )
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A loaded, validated policy. Implements :class:`egresswatch.ports.PolicyLike`."""
+
+    mode: Mode
+    #: the approved entries as written (codes and groups), for humans
+    approved: tuple[str, ...]
+    #: the approved entries expanded to ISO codes
+    approved_countries: frozenset[str]
+    require_address: bool
+    require_operator: bool
+    outside: Action
+    unknown_address: Action
+    unknown_operator: Action
+    default_action: Action
+    rules: tuple[Rule, ...]
+    #: hosts that pin certificates: the proxy passes their TLS through, still judged by SNI
+    passthrough_hosts: tuple[str, ...]
+    #: user-defined country groups, expanded
+    groups: Mapping[str, frozenset[str]]
+    #: the file the policy came from ("<default>", "<string>" or a path)
+    source: str
+
+    # ---- loading
+
+    @classmethod
+    def load(cls, path: str | Path) -> Policy:
+        """Read and validate a policy file; errors name the file, line and field."""
+        name = str(path)
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError("no such policy file", path=name) from None
+        except IsADirectoryError:
+            raise ConfigError("is a directory, not a policy file", path=name) from None
+        except OSError as e:
+            raise ConfigError(f"cannot read the policy file: {e.strerror}", path=name) from e
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise ConfigError("the policy file is not UTF-8 text", path=name, line=line) from e
+        return cls.from_text(text, source=name)
+
+    @classmethod
+    def from_text(cls, text: str, source: str = "<string>") -> Policy:
+        """Parse and validate policy TOML text; ``source`` names it in errors."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise _toml_error(e, source) from e
+        return _Builder(data, _Locator(text), source).build()
+
+    @classmethod
+    def default(cls) -> Policy:
+        """The shipped default policy (monitor mode), ``egresswatch/data/policy-default.toml``."""
+        return cls._shipped("policy-default.toml")
+
+    @classmethod
+    def example(cls) -> Policy:
+        """The shipped example policy (enforce mode), ``egresswatch/data/policy-example.toml``."""
+        return cls._shipped("policy-example.toml")
+
+    @classmethod
+    def _shipped(cls, name: str) -> Policy:
+        ref = resources.files("egresswatch").joinpath("data", name)
+        policy = cls.from_text(ref.read_text(encoding="utf-8"), source=str(ref))
+        return policy
+
+    def with_mode(self, mode: Mode | str) -> Policy:
+        """The same policy in another mode (``--mode`` on the command line)."""
+        try:
+            new = Mode(mode)
+        except ValueError:
+            raise ConfigError(
+                f"unknown mode {mode!r}; choose from {', '.join(m.value for m in Mode)}",
+                field="mode",
+            ) from None
+        return dataclasses.replace(self, mode=new)
+
+    def is_passthrough(self, host: str | None) -> bool:
+        """True when the host is listed for TLS pass-through (globs, case-insensitive)."""
+        if not host or not self.passthrough_hosts:
+            return False
+        return _Glob(self.passthrough_hosts).match(host.lower().rstrip("."))
+
+    # ---- deciding
+
+    def decide(self, assessment: Assessment) -> Verdict:
+        """The verdict for one assessment: pure, no I/O."""
+        a = assessment
+        if a.geo.is_local:
+            for rule in self.rules:
+                if rule.local is True and rule.matches(a):
+                    return self._rule_verdict(rule, a)
+            return Verdict(Action.ALLOW, "local", _local_reason(a), self.mode)
+
+        for rule in self.rules:
+            if rule.local is True or not rule.matches(a):
+                continue
+            if rule.action is not Action.ALERT:
+                return self._rule_verdict(rule, a)
+            # An alert marks a flow; it must not exempt it from the jurisdiction checks.
+            checked = self._check(a)
+            if checked.action.severity > Action.ALERT.severity:
+                return dataclasses.replace(
+                    checked, reason=f"{checked.reason}; it also matched alert rule '{rule.name}'"
+                )
+            return self._rule_verdict(rule, a)
+        return self._check(a)
+
+    def _rule_verdict(self, rule: Rule, a: Assessment) -> Verdict:
+        if rule.reason:
+            text = f"{_subject(a)}: {rule.reason} (rule '{rule.name}'): {_cargo(a)}"
+        else:
+            text = f"{_subject(a)} matched rule '{rule.name}': {_cargo(a)}"
+        return Verdict(rule.action, rule.name, text, self.mode)
+
+    def _check(self, a: Assessment) -> Verdict:
+        """The built-in jurisdiction and unknown checks, then the default."""
+        best: tuple[Action, str] | None = None
+        addr_outside = op_outside = False
+        if self.require_operator:
+            cc = a.operator_country
+            if cc is None:
+                best = (self.unknown_operator, "unknown-operator")
+            elif cc not in self.approved_countries:
+                op_outside = True
+                best = _stricter(best, (self.outside, "jurisdiction"))
+        if self.require_address:
+            cc = a.geo.country
+            if cc is None:
+                best = _stricter(best, (self.unknown_address, "unknown-address"))
+            elif cc not in self.approved_countries:
+                addr_outside = True
+                best = _stricter(best, (self.outside, "jurisdiction"))
+        if best is None:
+            approved = ", ".join(self.approved) or "none"
+            text = f"{_subject(a)} is inside the approved jurisdictions ({approved}): {_cargo(a)}"
+            return Verdict(self.default_action, "default", text, self.mode)
+        action, rule = best
+        approved = ", ".join(self.approved) or "none"
+        if rule == "jurisdiction":
+            if op_outside:
+                text = f"{_subject(a)} is outside the approved jurisdictions ({approved})"
+            else:
+                assert addr_outside
+                text = (
+                    f"the address of {_subject(a)} is outside the approved jurisdictions "
+                    f"({approved})"
+                )
+        elif rule == "unknown-address":
+            text = f"the address country of {_subject(a)} is unknown"
+        elif _is_lookalike(a) and a.service is not None:
+            text = (
+                f"{_subject(a)} is not operated by {a.service.service.operator}, "
+                "so its operator is unknown"
+            )
+        else:
+            text = f"{_subject(a)} has no known operator"
+        return Verdict(action, rule, f"{text}: {_cargo(a)}", self.mode)
+
+    # ---- describing
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description of the effective policy (``policy check``, banners)."""
+        return {
+            "source": self.source,
+            "mode": self.mode.value,
+            "approved": list(self.approved),
+            "approved_countries": sorted(self.approved_countries),
+            "require": [
+                r
+                for r, on in zip(
+                    _REQUIRE, (self.require_address, self.require_operator), strict=True
+                )
+                if on
+            ],
+            "outside": self.outside.value,
+            "unknown": {
+                "address": self.unknown_address.value,
+                "operator": self.unknown_operator.value,
+            },
+            "default": self.default_action.value,
+            "groups": {k: sorted(v) for k, v in self.groups.items()},
+            "rules": [
+                {
+                    "name": r.name,
+                    "action": r.action.value,
+                    "line": r.line,
+                    "match": {k: v for k, v in r.written},
+                    **({"reason": r.reason} if r.reason else {}),
+                }
+                for r in self.rules
+            ],
+            "passthrough_hosts": list(self.passthrough_hosts),
+        }
+
+
+def _stricter(
+    current: tuple[Action, str] | None, candidate: tuple[Action, str]
+) -> tuple[Action, str]:
+    if current is None or candidate[0].severity > current[0].severity:
+        return candidate
+    return current
+
+
+# --------------------------------------------------------------------------- reasons
+
+
+def _subject(a: Assessment) -> str:
+    """'DeepSeek API (operator Hangzhou DeepSeek ..., CN)' or the host and what is unknown."""
+    match = a.service
+    name = a.host or a.observation.dst_addr or "an unnamed destination"
+    if match is None:
+        return f"{name} (not in the catalog)"
+    svc = match.service
+    if match.kind is MatchKind.LOOKALIKE:
+        return f"{name} (a lookalike of {svc.name})"
+    return f"{svc.name} (operator {svc.operator}, {svc.operator_country})"
+
+
+def _cargo(a: Assessment) -> str:
+    """'chat-prompt carrying email j***@example.com to 203.0.113.10 (CN)'."""
+    what = ", ".join(p.value for p in a.payload_types) or "traffic"
+    if a.findings:
+        shown = [f"{f.kind.value} {f.redacted}" for f in a.findings[:_REASON_FINDINGS]]
+        more = len(a.findings) - len(shown)
+        what += " carrying " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+    return f"{what} {_destination(a)}"
+
+
+def _destination(a: Assessment) -> str:
+    addr = a.observation.dst_addr
+    place = a.geo.country or "country unknown"
+    if a.geo.is_local:
+        place = "local"
+    if addr is None:
+        return f"to an unknown address ({place})"
+    return f"to {addr} ({place})"
+
+
+def _local_reason(a: Assessment) -> str:
+    name = a.host or a.observation.dst_addr or "the destination"
+    return f"{name} is a local destination, not egress: {_cargo(a)}"
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _toml_error(e: tomllib.TOMLDecodeError, source: str) -> ConfigError:
+    """tomllib puts the position in its message: '... (at line 3, column 7)'."""
+    msg = str(e)
+    m = re.search(r"\(at line (\d+), column \d+\)$", msg)
+    line = int(m.group(1)) if m else None
+    if m:
+        msg = msg[: m.start()].rstrip()
+    elif msg.endswith("(at end of document)"):
+        msg = msg.removesuffix("(at end of document)").rstrip() + " at the end of the file"
+    return ConfigError(f"not valid TOML: {msg}", path=source, line=line)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _Builder:
+    """Validates parsed TOML and compiles it into a :class:`Policy`."""
+
+    def __init__(self, data: dict[str, Any], locator: _Locator, source: str) -> None:
+        self.data = data
+        self.loc = locator
+        self.source = source
+        self.groups: dict[str, frozenset[str]] = {}
+
+    # -- errors
+
+    def fail(
+        self,
+        message: str,
+        field: str,
+        *,
+        table: str | None = None,
+        key: str | None = None,
+        index: int | None = None,
+        item: Any = None,
+    ) -> ConfigError:
+        line = self.loc.find(table, key, index, item)
+        return ConfigError(message, path=self.source, line=line, field=field)
+
+    # -- the file
+
+    def build(self) -> Policy:
+        data = self.data
+        for key in data:
+            if key not in _TOP_KEYS:
+                raise self.fail("unknown setting" + _did_you_mean(key, _TOP_KEYS), key, key=key)
+        mode = self.mode()
+        self.groups = self.user_groups()
+        if "approved" not in data:
+            raise self.fail(
+                'missing; list the countries data may go to, e.g. approved = ["EU", "US"]',
+                "approved",
+            )
+        approved_raw = self.str_list(data["approved"], "approved", key="approved")
+        approved: list[str] = []
+        countries: set[str] = set()
+        for item in approved_raw:
+            code = item.upper()
+            if code == UNKNOWN_COUNTRY:
+                raise self.fail(
+                    f"{UNKNOWN_COUNTRY} means unknown; say what unknown gets in [unknown]",
+                    "approved",
+                    key="approved",
+                    item=item,
+                )
+            countries |= self.countries(item, "approved", key="approved")
+            if code not in approved:
+                approved.append(code)
+        require = self.require()
+        unknown = data.get("unknown", {})
+        if not isinstance(unknown, dict):
+            raise self.fail(
+                "must be a table: [unknown] with address = ... and operator = ...",
+                "unknown",
+                key="unknown",
+            )
+        for key in unknown:
+            if key not in _UNKNOWN_KEYS:
+                raise self.fail(
+                    "unknown setting" + _did_you_mean(key, _UNKNOWN_KEYS),
+                    f"unknown.{key}",
+                    table="unknown",
+                    key=key,
+                )
+        rules = self.rules()
+        return Policy(
+            mode=mode,
+            approved=tuple(approved),
+            approved_countries=frozenset(countries),
+            require_address="address" in require,
+            require_operator="operator" in require,
+            outside=self.action(data.get("outside", "block"), "outside", key="outside"),
+            unknown_address=self.action(
+                unknown.get("address", _DEFAULT_UNKNOWN.value),
+                "unknown.address",
+                table="unknown",
+                key="address",
+            ),
+            unknown_operator=self.action(
+                unknown.get("operator", _DEFAULT_UNKNOWN.value),
+                "unknown.operator",
+                table="unknown",
+                key="operator",
+            ),
+            default_action=self.action(data.get("default", "allow"), "default", key="default"),
+            rules=rules,
+            passthrough_hosts=self.passthrough(),
+            groups=dict(self.groups),
+            source=self.source,
+        )
+
+    def mode(self) -> Mode:
+        value = self.data.get("mode", Mode.MONITOR.value)
+        choices = ", ".join(m.value for m in Mode)
+        if not isinstance(value, str):
+            raise self.fail(f"must be a string: one of {choices}", "mode", key="mode")
+        try:
+            return Mode(value)
+        except ValueError:
+            raise self.fail(
+                f"unknown mode {value!r}; choose from {choices}", "mode", key="mode"
+            ) from None
+
+    def require(self) -> set[str]:
+        value = self.data.get("require", list(_REQUIRE))
+        items = self.str_list(value, "require", key="require")
+        for item in items:
+            if item not in _REQUIRE:
+                raise self.fail(
+                    f"{item!r} is not a jurisdiction; choose from {', '.join(_REQUIRE)}",
+                    "require",
+                    key="require",
+                    item=item,
+                )
+        return set(items)
+
+    def user_groups(self) -> dict[str, frozenset[str]]:
+        table = self.data.get("groups", {})
+        if not isinstance(table, dict):
+            raise self.fail(
+                'must be a table: [groups] with NAME = ["DE", "FR"]', "groups", key="groups"
+            )
+        out: dict[str, frozenset[str]] = {}
+        for name, members in table.items():
+            field = f"groups.{name}"
+            if not _GROUP_NAME.match(name):
+                raise self.fail(
+                    "a group name is 3-32 upper-case letters, digits or '-', "
+                    "so it never looks like a country code",
+                    field,
+                    table="groups",
+                    key=name,
+                )
+            if name in COUNTRY_GROUPS:
+                raise self.fail(
+                    f"{name} is a built-in group; pick another name",
+                    field,
+                    table="groups",
+                    key=name,
+                )
+            codes: set[str] = set()
+            for item in self.str_list(members, field, table="groups", key=name):
+                # user groups may use built-in groups and groups defined above them
+                self.groups = out
+                codes |= self.countries(item, field, table="groups", key=name)
+            out[name] = frozenset(codes)
+        return out
+
+    def passthrough(self) -> tuple[str, ...]:
+        value = self.data.get("passthrough_hosts", [])
+        hosts = self.str_list(value, "passthrough_hosts", key="passthrough_hosts")
+        out: list[str] = []
+        for host in hosts:
+            norm = host.strip().lower().rstrip(".")
+            if not norm or any(c.isspace() or c in "/:@" for c in norm):
+                raise self.fail(
+                    f"{host!r} is not a host name or glob (write 'api.example.com' or "
+                    "'*.example.com', no scheme, port or path)",
+                    "passthrough_hosts",
+                    key="passthrough_hosts",
+                    item=host,
+                )
+            out.append(norm)
+        return tuple(out)
+
+    # -- values
+
+    def str_list(
+        self,
+        value: Any,
+        field: str,
+        *,
+        table: str | None = None,
+        key: str | None = None,
+        index: int | None = None,
+    ) -> list[str]:
+        """A string or a list of strings, as a list."""
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if not isinstance(item, str):
+                raise self.fail(
+                    f"expected a string or a list of strings, got {_tomltype(item)} {item!r}",
+                    field,
+                    table=table,
+                    key=key,
+                    index=index,
+                    item=item,
+                )
+        return list(items)
+
+    def countries(
+        self,
+        item: str,
+        field: str,
+        *,
+        table: str | None = None,
+        key: str | None = None,
+        index: int | None = None,
+        allow_unknown: bool = False,
+    ) -> frozenset[str]:
+        """One country code or group name, expanded to ISO codes."""
+        code = item.strip().upper()
+        if code in COUNTRY_GROUPS:
+            return COUNTRY_GROUPS[code]
+        if code in self.groups:
+            return self.groups[code]
+        if code in ISO_COUNTRIES or code in EXTRA_COUNTRIES:
+            return frozenset({code})
+        if allow_unknown and code == UNKNOWN_COUNTRY:
+            return frozenset({code})
+        if code in _COUNTRY_HINTS:
+            hint = f"; the ISO 3166 code is {_COUNTRY_HINTS[code]!r}"
+        else:
+            hint = _did_you_mean(code, [*COUNTRY_GROUPS, *self.groups]) if len(code) > 2 else ""
+        groups = ", ".join([*COUNTRY_GROUPS, *self.groups])
+        raise self.fail(
+            f"{item!r} is not an ISO 3166 alpha-2 country code or a group ({groups}){hint}",
+            field,
+            table=table,
+            key=key,
+            index=index,
+            item=item,
+        )
+
+    def action(
+        self,
+        value: Any,
+        field: str,
+        *,
+        table: str | None = None,
+        key: str | None = None,
+        index: int | None = None,
+    ) -> Action:
+        choices = ", ".join(a.value for a in Action)
+        if not isinstance(value, str):
+            raise self.fail(
+                f"must be a string: one of {choices}", field, table=table, key=key, index=index
+            )
+        try:
+            return Action(value)
+        except ValueError:
+            hint = " ('deny' is spelled 'block')" if value in ("deny", "drop", "reject") else ""
+            raise self.fail(
+                f"unknown action {value!r}; choose from {choices}{hint}",
+                field,
+                table=table,
+                key=key,
+                index=index,
+            ) from None
+
+    # -- rules
+
+    def rules(self) -> tuple[Rule, ...]:
+        value = self.data.get("rules", [])
+        if not isinstance(value, list) or not all(isinstance(r, dict) for r in value):
+            raise self.fail(
+                "rules are written as [[rules]] tables, one per rule", "rules", key="rules"
+            )
+        out: list[Rule] = []
+        names: dict[str, int] = {}
+        for index, table in enumerate(value):
+            rule = self.rule(index, table)
+            if rule.name in names:
+                raise self.fail(
+                    f"rule name {rule.name!r} is already used by rule {names[rule.name]}; "
+                    "names must be unique (they are the verdict's rule)",
+                    f"rules[{index + 1}].name",
+                    table="rules",
+                    key="name",
+                    index=index,
+                )
+            names[rule.name] = index + 1
+            out.append(rule)
+        return tuple(out)
+
+    def rule(self, index: int, table: dict[str, Any]) -> Rule:
+        number = index + 1
+
+        def field(key: str) -> str:
+            return f"rules[{number}].{key}"
+
+        for key in table:
+            if key not in _RULE_KEYS:
+                raise self.fail(
+                    "unknown rule field" + _did_you_mean(key, _RULE_KEYS),
+                    field(key),
+                    table="rules",
+                    key=key,
+                    index=index,
+                )
+        header = self.loc.find("rules", None, index)
+        if "name" not in table:
+            raise ConfigError(
+                "missing: every rule needs a unique name (it becomes the verdict's rule)",
+                path=self.source,
+                line=header,
+                field=field("name"),
+            )
+        name = table["name"]
+        if not isinstance(name, str) or not _RULE_NAME.match(name):
+            raise self.fail(
+                "a rule name is 1-64 letters, digits, '.', '_' or '-', starting with a "
+                "letter or digit",
+                field("name"),
+                table="rules",
+                key="name",
+                index=index,
+            )
+        if name in BUILTIN_RULES:
+            raise self.fail(
+                f"{name!r} is the name of a built-in verdict; pick another name",
+                field("name"),
+                table="rules",
+                key="name",
+                index=index,
+            )
+        if "action" not in table:
+            raise ConfigError(
+                "missing: allow, alert or block",
+                path=self.source,
+                line=header,
+                field=field("action"),
+            )
+        action = self.action(
+            table["action"], field("action"), table="rules", key="action", index=index
+        )
+        reason = table.get("reason")
+        if reason is not None and (not isinstance(reason, str) or not reason.strip()):
+            raise self.fail(
+                "must be a non-empty string",
+                field("reason"),
+                table="rules",
+                key="reason",
+                index=index,
+            )
+
+        compiled: dict[str, Any] = {}
+        written: list[tuple[str, Any]] = []
+        for key in MATCHERS:
+            if key not in table:
+                continue
+            value = table[key]
+            kw: dict[str, Any] = {"table": "rules", "key": key, "index": index}
+            f = field(key)
+            if key in ("lookalike", "local"):
+                if not isinstance(value, bool):
+                    raise self.fail(f"must be true or false, got {value!r}", f, **kw)
+                compiled[key] = value
+                written.append((key, value))
+                continue
+            if key == "port":
+                compiled[key] = self.ports(value, f, kw)
+                written.append((key, value if isinstance(value, list) else [value]))
+                continue
+            items = self.str_list(value, f, **kw)
+            if not items:
+                raise self.fail(
+                    "an empty list matches nothing; remove the field to match anything", f, **kw
+                )
+            written.append((key, items))
+            compiled[key] = self.matcher(key, items, f, kw)
+        return Rule(
+            name=name,
+            action=action,
+            line=header,
+            reason=reason.strip() if isinstance(reason, str) else None,
+            written=tuple(written),
+            **compiled,
+        )
+
+    def matcher(self, key: str, items: list[str], f: str, kw: dict[str, Any]) -> Any:
+        if key in ("operator_country", "address_country"):
+            codes: set[str] = set()
+            for item in items:
+                codes |= self.countries(item, f, allow_unknown=True, **kw)
+            return frozenset(codes)
+        if key == "payload":
+            return frozenset(self.enum(PayloadType, items, f, kw, "payload type"))
+        if key == "finding":
+            return frozenset(self.enum(FindingKind, items, f, kw, "finding kind"))
+        if key == "sensor":
+            return frozenset(self.enum(Sensor, items, f, kw, "sensor"))
+        if key in ("service", "category"):
+            for item in items:
+                if not _SERVICE_ID.match(item):
+                    raise self.fail(
+                        f"{item!r} is not a catalog {key} id (lower-case letters, digits, "
+                        "'.', '_', '-'; see `egresswatch catalog list`)",
+                        f,
+                        item=item,
+                        **kw,
+                    )
+            return frozenset(items)
+        if key == "flag":
+            return frozenset(i.strip().lower() for i in items)
+        if key in ("host", "client"):
+            pats = []
+            for item in items:
+                pat = item.strip().lower()
+                if key == "host":
+                    pat = pat.rstrip(".")
+                if not pat or any(c.isspace() for c in pat):
+                    raise self.fail(f"{item!r} is not a {key} pattern", f, item=item, **kw)
+                pats.append(pat)
+            return _Glob(pats)
+        raise AssertionError(key)  # pragma: no cover - MATCHERS and this switch agree
+
+    def enum(
+        self, kind: Any, items: Sequence[str], f: str, kw: dict[str, Any], what: str
+    ) -> list[Any]:
+        out = []
+        for item in items:
+            try:
+                out.append(kind(item))
+            except ValueError:
+                names = [m.value for m in kind]
+                raise self.fail(
+                    f"{item!r} is not a {what}"
+                    + _did_you_mean(item, names)
+                    + f" (choose from {', '.join(names)})",
+                    f,
+                    item=item,
+                    **kw,
+                ) from None
+        return out
+
+    def ports(self, value: Any, f: str, kw: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+        items = value if isinstance(value, list) else [value]
+        if not items:
+            raise self.fail(
+                "an empty list matches nothing; remove the field to match anything", f, **kw
+            )
+        out: list[tuple[int, int]] = []
+        for item in items:
+            lo = hi = None
+            if isinstance(item, int) and not isinstance(item, bool):
+                lo = hi = item
+            elif isinstance(item, str):
+                m = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", item)
+                if m:
+                    lo = int(m.group(1))
+                    hi = int(m.group(2)) if m.group(2) else lo
+            if lo is None or hi is None or not (0 < lo <= hi <= 65535):
+                raise self.fail(
+                    f'{item!r} is not a port (1-65535) or a range such as "8000-8100"',
+                    f,
+                    item=item,
+                    **kw,
+                )
+            out.append((lo, hi))
+        return tuple(out)
+
+
+def _tomltype(value: Any) -> str:
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        dict: "a table",
+        list: "an array",
+    }.get(type(value), type(value).__name__)
