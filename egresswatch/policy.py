@@ -612,7 +612,10 @@ def _toml_error(e: tomllib.TOMLDecodeError, source: str) -> ConfigError:
 
 
 def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, sorted(choices), n=1)
+    ordered = sorted(choices)
+    close = difflib.get_close_matches(word, ordered, n=1)
+    if not close:  # 'chat' -> 'chat-prompt': difflib's ratio is too low for a prefix
+        close = [c for c in ordered if c.startswith(word.lower())][:1]
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
