@@ -354,8 +354,13 @@ class EgressWatch:
     def _require_lazy(self) -> None:
         # Enforce mode needs lazy upstream connections: with "eager", mitmproxy connects to the
         # server as soon as the client connects, before any verdict (lab-notes.md).
-        if self._mode() is Mode.ENFORCE and ctx.options.connection_strategy != "lazy":
-            ctx.options.update(connection_strategy="lazy")
+        opts = ctx.options
+        if (
+            self._mode() is Mode.ENFORCE
+            and "connection_strategy" in opts  # defined by mitmproxy's proxyserver addon
+            and opts.connection_strategy != "lazy"
+        ):
+            opts.update(connection_strategy="lazy")
             log.info(
                 "egresswatch: enforce mode: set connection_strategy=lazy (no upstream "
                 "contact before a verdict)"

@@ -1,0 +1,341 @@
+"""Unit tests of the proxy addon with mitmproxy's taddons/tflow and fakes on the real interfaces."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import mitm
+from mitmproxy import exceptions, hooks
+
+from egresswatch import proxy
+from egresswatch.clientinfo import app_hint
+from egresswatch.model import Mode, Stage
+
+pytestmark = pytest.mark.anyio
+
+CHAT = b'{"model": "x", "messages": [{"role": "user", "content": "hi"}]}'
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make(mode: Mode = Mode.ENFORCE, **opts: object):
+    sink = mitm.RecordingSink()
+    addon = proxy.EgressWatch(mitm.fake_inspector(mode), sink)
+    tctx = mitm.context(addon)
+    tctx.configure(addon, egresswatch_process_lookup=False, **opts)
+    return addon, sink, tctx
+
+
+def test_public_names_are_hooks_load_configure() -> None:
+    public = {n for n in dir(proxy.EgressWatch) if not n.startswith("_")}
+    unknown = public - set(hooks.all_hooks) - {"load", "configure"}
+    assert not unknown, f"public non-hook names would be called or are typos: {unknown}"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("egresswatch_body_limit", "lots", "not a size"),
+        ("egresswatch_body_limit", "-5", "negative"),
+        ("egresswatch_passthrough", ["bad host/x"], "not a host pattern"),
+    ],
+)
+def test_bad_option_stops_startup(option: str, value: object, message: str) -> None:
+    addon = proxy.EgressWatch(mitm.fake_inspector(), mitm.RecordingSink())
+    with mitm.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match=message):
+        tctx.configure(addon, **{option: value})
+
+
+def test_bad_build_option_is_options_error() -> None:
+    # Not injected: the addon builds its parts from options; a bad mode is a clear error.
+    addon = proxy.EgressWatch()
+    with mitm.context(addon) as tctx, pytest.raises(exceptions.OptionsError, match="egresswatch"):
+        tctx.configure(addon, egresswatch_mode="strict", egresswatch_db="none")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"), [("4096", 4096), ("64k", 65536), ("1m", 1 << 20), ("2KiB", 2048)]
+)
+def test_parse_size(text: str, size: int) -> None:
+    assert proxy.parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    ("text", "pair"),
+    [("9721", ("127.0.0.1", 9721)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:9", ("::1", 9))],
+)
+def test_parse_listen(text: str, pair: tuple[str, int]) -> None:
+    assert proxy.parse_listen(text) == pair
+
+
+@pytest.mark.parametrize("text", ["", "x", "1.2.3.4:99999", "[::1]9"])
+def test_parse_listen_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        proxy.parse_listen(text)
+
+
+def test_enforce_mode_switches_to_lazy_connections() -> None:
+    _addon, _, tctx = make(Mode.ENFORCE)
+    assert tctx.options.connection_strategy == "lazy"
+    _addon2, _, tctx2 = make(Mode.MONITOR)
+    assert tctx2.options.connection_strategy == "eager"
+
+
+async def test_blocked_request_gets_451_with_reasons() -> None:
+    addon, sink, _tctx = make()
+    f = mitm.http_flow()
+    await addon.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 451
+    doc = json.loads(f.response.content or b"")
+    assert doc["rule"] == "approved-countries"
+    assert doc["service"] == "DeepSeek API"
+    assert doc["operator_country"] == "CN"
+    assert doc["address_country"] == "CN"
+    assert f.metadata["egresswatch"]["verdict"] == "block"
+    assert [d.observation.stage for d in sink.decisions] == [Stage.REQUEST_HEADERS]
+    obs = sink.decisions[0].observation
+    assert obs.client_app == "openai-python"
+    assert obs.http_host == "api.deepseek.com" and obs.dst_addr == "203.0.113.10"
+    addon.request(f)  # the request hook sees the answer and does nothing more
+    assert len(sink.decisions) == 1
+    addon.response(f)
+    assert sink.closed[0].status == "451 blocked" and sink.closed[0].bytes_out == 0
+
+
+async def test_monitor_mode_records_would_block_and_goes_on() -> None:
+    addon, sink, _tctx = make(Mode.MONITOR)
+    f = mitm.http_flow()
+    await addon.requestheaders(f)
+    addon.request(f)
+    assert f.response is None
+    assert f.metadata["egresswatch"]["verdict"] == "would-block"
+    assert [d.verdict.label for d in sink.decisions] == ["would-block"]
+
+
+async def test_body_block_at_request_hook() -> None:
+    addon, sink, _tctx = make()
+    body = b'{"messages": [], "api_key": "sk-secret-123"}'
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=body)
+    await addon.requestheaders(f)
+    assert f.response is None  # headers alone are fine
+    addon.request(f)
+    assert f.response is not None and f.response.status_code == 451
+    assert json.loads(f.response.content or b"")["rule"] == "no-credentials"
+    assert sink.decisions[-1].observation.stage is Stage.REQUEST
+    assert sink.decisions[-1].observation.body == body
+
+
+async def test_allowed_request_records_once_and_closes_with_bytes() -> None:
+    addon, sink, _tctx = make()
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
+    await addon.requestheaders(f)
+    addon.request(f)
+    mitm.answer(f, b'{"choices": []}')
+    addon.response(f)
+    assert [d.verdict.label for d in sink.decisions] == ["allow"]
+    closed = sink.closed[0]
+    assert closed.flow_id == f.id and closed.bytes_out == len(CHAT)
+    assert closed.bytes_in == len(b'{"choices": []}') and closed.status == "200"
+
+
+async def test_body_limit_bounds_what_is_classified() -> None:
+    addon, _sink, _tctx = make(egresswatch_body_limit="16")
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
+    f.request.headers["content-length"] = str(len(CHAT))
+    await addon.requestheaders(f)
+    assert isinstance(f.request.stream, proxy._HeadHold)
+
+
+def test_head_hold_releases_after_judging() -> None:
+    seen: list[bytes] = []
+
+    def judge(head: bytes, more: bool) -> bool:
+        seen.append(head)
+        return False
+
+    hold = proxy._HeadHold(8, judge)
+    assert hold(b"abcd") == []  # held: not yet judged
+    assert hold(b"efghij") == [b"abcdefghij"]
+    assert hold(b"kl") == b"kl"
+    assert seen == [b"abcdefgh"] and hold.total == 12
+
+
+def test_head_hold_blocks_every_body_byte() -> None:
+    hold = proxy._HeadHold(4, lambda head, more: True)
+    assert hold(b"secret-") == []
+    assert hold(b"more") == []
+    assert hold(b"") == []
+    assert hold.blocked
+
+
+def test_head_hold_judges_short_body_at_end() -> None:
+    hold = proxy._HeadHold(100, lambda head, more: head != b"ok")
+    assert hold(b"ok") == []
+    assert hold(b"") == [b"ok"]
+
+
+async def test_streamed_upload_blocked_on_its_head() -> None:
+    addon, sink, _tctx = make(egresswatch_body_limit="32")
+    body = b'{"messages": [], "x": "' + b"sk-secret" + b"A" * 100 + b'"}'
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=b"")
+    f.request.headers["content-length"] = str(len(body))
+    await addon.requestheaders(f)
+    stream = f.request.stream
+    assert isinstance(stream, proxy._HeadHold)
+    sent = [stream(body[i : i + 10]) for i in range(0, len(body), 10)]
+    sent.append(stream(b""))
+    assert all(s in ([], b"") for s in sent), "no body byte may leave"
+    addon.request(f)
+    assert f.error is not None  # killed
+    assert sink.decisions[-1].verdict.rule == "no-credentials"
+    assert sink.decisions[-1].observation.body_truncated
+
+
+async def test_clienthello_block_refuses_handshake() -> None:
+    addon, sink, _tctx = make()
+    data = mitm.clienthello_data("api.deepseek.com", "203.0.113.10")
+    await addon.tls_clienthello(data)
+    assert not data.ignore_connection
+    start = mitm.tls_start(data)
+    addon.tls_start_client(start)
+    assert start.ssl_conn is None  # mitmproxy closes the client connection: no ServerHello
+    d = sink.decisions[0]
+    assert d.observation.stage is Stage.CLIENTHELLO and d.observation.sni == "api.deepseek.com"
+    assert d.observation.alpn == ("h2", "http/1.1")
+    assert d.verdict.enforced
+
+
+async def test_clienthello_allowed_is_not_recorded_and_not_touched() -> None:
+    addon, sink, _tctx = make()
+    data = mitm.clienthello_data("api.openai.com", "198.51.100.20")
+    await addon.tls_clienthello(data)
+    start = mitm.tls_start(data)
+    addon.tls_start_client(start)
+    assert start.ssl_conn is not None
+    assert sink.decisions == []  # recorded per request instead
+
+
+async def test_passthrough_host_is_judged_recorded_and_ignored() -> None:
+    addon, sink, _tctx = make(egresswatch_passthrough=["openai.com"])
+    data = mitm.clienthello_data("api.openai.com", "198.51.100.20")
+    await addon.tls_clienthello(data)
+    assert data.ignore_connection
+    assert len(sink.decisions) == 1 and sink.decisions[0].verdict.label == "allow"
+
+
+async def test_passthrough_does_not_bypass_a_block() -> None:
+    addon, sink, _tctx = make(egresswatch_passthrough=["deepseek.com"])
+    data = mitm.clienthello_data("api.deepseek.com", "203.0.113.10")
+    await addon.tls_clienthello(data)
+    assert not data.ignore_connection
+    assert sink.decisions[0].verdict.enforced
+
+
+@pytest.mark.parametrize(("allow_quic", "blocked"), [(False, True), (True, False)])
+async def test_quic_clienthello(allow_quic: bool, blocked: bool) -> None:
+    addon, _sink, _tctx = make(egresswatch_allow_quic=allow_quic)
+    data = mitm.clienthello_data("api.openai.com", "198.51.100.20", udp=True)
+    await addon.tls_clienthello(data)
+    start = mitm.tls_start(data)
+    addon.tls_start_client(start)
+    assert (start.ssl_conn is None) is blocked
+
+
+async def test_websocket_message_judged_and_dropped() -> None:
+    addon, sink, _tctx = make()
+    f = mitm.ws_flow(b'{"token": "sk-secret-1"}')
+    addon.websocket_message(f)
+    assert f.websocket is not None and f.websocket.messages[-1].dropped
+    d = sink.decisions[-1]
+    assert d.observation.protocol == "websocket" and d.observation.stage is Stage.MESSAGE
+    ok = mitm.ws_flow(b'{"text": "hello"}')
+    addon.websocket_message(ok)
+    assert ok.websocket is not None and not ok.websocket.messages[-1].dropped
+    addon.websocket_end(ok)
+    assert sink.closed[-1].bytes_out == len(b'{"text": "hello"}')
+
+
+@pytest.mark.parametrize(
+    ("addr", "port", "killed"),
+    [("198.51.100.20", 22, False), ("198.51.100.20", 6666, True), ("203.0.113.10", 22, True)],
+)
+def test_raw_tcp_judged_by_address_and_port(addr: str, port: int, killed: bool) -> None:
+    addon, sink, _tctx = make()
+    f = mitm.tcp_flow(addr, port)
+    addon.tcp_start(f)
+    assert (f.error is not None) is killed
+    assert sink.decisions[0].observation.dst_port == port
+    addon.tcp_end(f)
+    assert sink.closed[0].flow_id == f.id
+
+
+@pytest.mark.parametrize(
+    ("port", "allow_quic", "killed"), [(443, False, True), (443, True, False), (53, False, False)]
+)
+def test_udp_quic_refused_by_default(port: int, allow_quic: bool, killed: bool) -> None:
+    addon, _sink, _tctx = make(egresswatch_allow_quic=allow_quic)
+    f = mitm.udp_flow("198.51.100.20", port)
+    addon.udp_start(f)
+    assert (f.error is not None) is killed
+
+
+async def test_replayed_flows_are_not_egress() -> None:
+    addon, sink, _tctx = make()
+    f = mitm.http_flow(live=False)
+    await addon.requestheaders(f)
+    addon.request(f)
+    assert sink.decisions == [] and f.response is None
+
+
+def test_done_closes_sinks() -> None:
+    addon, sink, _tctx = make()
+    addon.done()
+    assert sink.closes == 1
+
+
+@pytest.mark.parametrize(
+    ("ua", "hint"),
+    [
+        ("OpenAI/Python 1.51.0", "openai-python"),
+        ("Anthropic/Python 0.40.0", "anthropic-python"),
+        ("ollama-python/0.4.4 (x86_64 linux) Python/3.12.8", "ollama"),
+        ("unknown/None; hf_hub/0.26.2; python/3.12.8", None),
+        ("huggingface_hub/0.26.2; python/3.12", "huggingface_hub"),
+        ("curl/7.88.1", "curl"),
+        ("python-httpx/0.28.1", "httpx"),
+        (
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+            "browser:firefox",
+        ),
+        (
+            "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 Chrome/131.0 Safari/537.36 Edg/131.0",
+            "browser:edge",
+        ),
+        (None, None),
+    ],
+)
+def test_app_hint(ua: str | None, hint: str | None) -> None:
+    assert app_hint(ua) == hint
+
+
+def test_block_body_is_readable_json() -> None:
+    inspector = mitm.fake_inspector()
+    from egresswatch.model import Observation, Protocol, Sensor, Transport
+
+    d = inspector.inspect(
+        Observation(
+            sensor=Sensor.PROXY,
+            transport=Transport.TCP,
+            protocol=Protocol.HTTPS,
+            dst_addr="203.0.113.10",
+            dst_port=443,
+            http_host="api.deepseek.com",
+            body=CHAT,
+        )
+    )
+    doc = json.loads(proxy.block_body(d))
+    assert doc["payload_types"] == ["chat-prompt"] and doc["reason"] == "CN is not approved"
