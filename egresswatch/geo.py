@@ -284,14 +284,17 @@ def read_ranges_csv(
                 if name not in _COLUMNS:
                     raise ConfigError(
                         f"unknown column {name!r} (known: {', '.join(_COLUMNS)})",
-                        path=str(p), line=lineno, field=name,
+                        path=str(p),
+                        line=lineno,
+                        field=name,
                     )
             continue
         first = False
         if len(cells) > len(header):
             raise ConfigError(
                 f"{len(cells)} fields, expected at most {len(header)} ({', '.join(header)})",
-                path=str(p), line=lineno,
+                path=str(p),
+                line=lineno,
             )
         values = dict(zip(header, cells, strict=False))
         rows.append(_range_row(values, p, lineno, need_country, seen))
@@ -349,7 +352,9 @@ class Overrides:
                 raise ConfigError(
                     f"{row.network} is a local range ({local_reason(row.network.network_address)})"
                     "; it stays local: give it a label, not a country",
-                    path=path, line=row.line or None, field="country",
+                    path=path,
+                    line=row.line or None,
+                    field="country",
                 )
         self._table = _PrefixTable((row.network, row) for row in self.rows)
 
@@ -517,8 +522,11 @@ class GeoDatabase:
             raise GeoIPError(
                 f"{p} is a {meta.database_type!r} database ({has}); a {want} database is needed "
                 "here, such as "
-                + ("GeoLite2-Country, DB-IP Country Lite or IPinfo Lite"
-                   if want == ROLE_COUNTRY else "GeoLite2-ASN, DB-IP ASN Lite or IPinfo Lite")
+                + (
+                    "GeoLite2-Country, DB-IP Country Lite or IPinfo Lite"
+                    if want == ROLE_COUNTRY
+                    else "GeoLite2-ASN, DB-IP ASN Lite or IPinfo Lite"
+                )
             )
         return db
 
