@@ -1,0 +1,555 @@
+"""The store writer: one thread behind a bounded queue, committing in batches.
+
+:class:`StoreWriter` is a ``ports.Sink``. ``record()`` and ``flow_closed()``
+only ``put_nowait`` onto a bounded queue (a full queue is counted in
+``stats.dropped``, never silent), so a sensor's event loop never waits on the
+disk. The writer thread maps decisions to rows and commits a batch when it has
+``batch_size`` items or when the oldest item waited ``flush_interval`` seconds.
+
+When the database cannot be reached (PostgreSQL restarting, SQLite locked for
+longer than its busy timeout), batches go to a :class:`SpillJournal` and, from
+then on, every new batch too, so that order is kept. The thread probes the
+database with a growing back-off and, once it answers, replays the journal in
+order; inserts are idempotent (``ON CONFLICT DO NOTHING`` on ``decision_id``),
+so every decision ends up in the database exactly once.
+
+A :class:`~egresswatch.model.FlowClosed` updates the latest row of its flow
+(``flow_id`` + ``sensor``) and zeroes the byte counts of that flow's earlier
+rows, so a sum over rows counts each byte once. When no row exists yet (the
+decision is still queued, spilled, or was dropped), the close waits in a
+bounded table and is applied when the decision is inserted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import queue
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+
+from egresswatch.model import Decision, FlowClosed
+from egresswatch.store import retention as retention_mod
+from egresswatch.store.engine import Store, _short
+from egresswatch.store.rows import closed_row, finding_rows, flow_row
+from egresswatch.store.schema import DnsAnswerRow, FindingRow, Flow
+from egresswatch.store.spill import SpillJournal
+
+log = logging.getLogger("egresswatch.store")
+
+_FLOWS = cast(Table, Flow.__table__)
+_FINDINGS = cast(Table, FindingRow.__table__)
+_DNS = cast(Table, DnsAnswerRow.__table__)
+
+#: closes waiting for their decision row, at most (oldest are forgotten first)
+MAX_PENDING_CLOSES = 50_000
+#: seconds a close waits for its decision row before it is forgotten
+PENDING_CLOSE_TTL = 3600.0
+#: back-off between probes of an unreachable database: first and longest wait
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """A DNS answer the sniffer saw (RFC 1035 section 4.1.3 resource record, reduced)."""
+
+    time: float
+    qname: str
+    rtype: str
+    answer: str
+    ttl: int | None = None
+    client_addr: str | None = None
+    sensor: str = "sniffer"
+
+
+@dataclass(frozen=True, slots=True)
+class WriterStats:
+    """A snapshot of the writer's counters (metrics read it at scrape time)."""
+
+    #: decisions accepted onto the queue since start
+    queued: int
+    #: decisions committed to the database (directly or by replay)
+    written: int
+    #: decisions (and closes) refused because the queue was full or the writer closed
+    dropped: int
+    #: decisions written to the spill journal
+    spilled: int
+    #: decisions replayed from the journal into the database
+    replayed: int
+    #: decisions the database refused (bad data), after a row-by-row retry
+    failed: int
+    #: closes waiting for their decision row
+    closes_pending: int
+    queue_length: int
+    queue_capacity: int
+    #: journal bytes and records waiting for replay
+    spill_bytes: int
+    spill_records: int
+    #: True while the database is unreachable and batches go to the journal
+    spilling: bool
+    last_error: str | None
+
+
+class _Flush:
+    """A flush request travelling through the queue."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_WAKE = object()
+
+
+def _is_unreachable(e: BaseException) -> bool:
+    """Errors that mean "try again later" rather than "this row is bad"."""
+    if isinstance(e, OperationalError | InterfaceError):
+        return True
+    return isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+
+
+class StoreWriter:
+    """A ``ports.Sink`` that writes decisions to a :class:`Store` from one thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        batch_size: int = 500,
+        flush_interval: float = 0.5,
+        queue_size: int = 100_000,
+        spill_path: Path,
+        node: str | None = None,
+        retention: retention_mod.Retention | None = None,
+    ) -> None:
+        if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
+            raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
+        self.store = store
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.node = node if node is not None else socket.gethostname()
+        self.retention = retention
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._queue_size = queue_size
+        self._journal = SpillJournal(spill_path)
+        self._queued = itertools.count()
+        self._dropped = itertools.count()
+        self._n_queued = 0
+        self._n_dropped = 0
+        self._written = 0
+        self._spilled = 0
+        self._replayed = 0
+        self._failed = 0
+        self._last_error: str | None = None
+        self._pending: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = OrderedDict()
+        self._spilling = self._journal.pending > 0
+        self._retry_at = 0.0
+        self._retry_wait = RETRY_FIRST
+        self._next_prune = time.monotonic() + (retention.interval if retention else 0.0)
+        self._closing = threading.Event()
+        self._closed = False
+        self._insert_flows, self._insert_findings = self._insert_statements()
+        self._thread = threading.Thread(target=self._run, name="egresswatch-store", daemon=True)
+        self._thread.start()
+
+    # -- the Sink interface (called from sensors' threads) -----------------------------
+
+    def record(self, decision: Decision) -> None:
+        """Queue a decision; never blocks. A full queue counts a drop."""
+        self._put(("d", decision))
+
+    def flow_closed(self, event: FlowClosed) -> None:
+        """Queue the final byte counts of a flow; never blocks."""
+        self._put(("c", event))
+
+    def dns_answer(self, answer: DnsAnswer) -> None:
+        """Queue a DNS answer seen by the sniffer; never blocks."""
+        self._put(("n", answer))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        if self._closed:
+            self._n_dropped = next(self._dropped) + 1
+            return
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._n_dropped = next(self._dropped) + 1
+            if self._n_dropped in (1, 10, 100) or self._n_dropped % 10_000 == 0:
+                log.warning("store queue full: %d events dropped so far", self._n_dropped)
+            return
+        if item[0] == "d":
+            self._n_queued = next(self._queued) + 1
+
+    def flush(self, timeout: float | None = 30.0) -> bool:
+        """Wait until everything queued before this call is committed or safely spilled.
+
+        Returns False on timeout. Blocks: call it from shutdown code, not from
+        an event loop.
+        """
+        if self._closed or not self._thread.is_alive():
+            return False
+        marker = _Flush()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        return marker.done.wait(timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flush everything and stop the thread; what cannot be written stays in the journal.
+
+        Call it from the owner's SIGTERM/SIGINT handling. Safe to call twice.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        with contextlib.suppress(queue.Full):  # a busy thread sees the closing flag anyway
+            self._queue.put_nowait(_WAKE)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("store writer did not finish within %.0f s", timeout)
+
+    @property
+    def stats(self) -> WriterStats:
+        """Current counters."""
+        return WriterStats(
+            queued=self._n_queued,
+            written=self._written,
+            dropped=self._n_dropped,
+            spilled=self._spilled,
+            replayed=self._replayed,
+            failed=self._failed,
+            closes_pending=len(self._pending),
+            queue_length=self._queue.qsize(),
+            queue_capacity=self._queue_size,
+            spill_bytes=self._journal.size_bytes,
+            spill_records=self._journal.pending,
+            spilling=self._spilling,
+            last_error=self._last_error,
+        )
+
+    @property
+    def spill_path(self) -> Path:
+        return self._journal.path
+
+    # -- the writer thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            batch, markers = self._collect()
+            try:
+                if batch:
+                    self._handle(batch)
+                if self._spilling:
+                    self._replay()
+                self._maybe_prune()
+            except Exception as e:  # the thread must survive anything
+                self._last_error = f"{type(e).__name__}: {e}"
+                log.exception("store writer error")
+            for m in markers:
+                m.done.set()
+            if self._closing.is_set() and self._queue.empty():
+                if self._spilling:
+                    self._retry_at = 0.0
+                    self._replay()
+                return
+
+    def _collect(self) -> tuple[list[tuple[str, Any]], list[_Flush]]:
+        """Block for the first item, then gather until batch_size or flush_interval."""
+        batch: list[tuple[str, Any]] = []
+        markers: list[_Flush] = []
+        wait = self.flush_interval
+        if self._spilling:
+            wait = max(0.05, min(wait, self._retry_at - time.monotonic()))
+        try:
+            item = self._queue.get(timeout=wait)
+        except queue.Empty:
+            return batch, markers
+        deadline = time.monotonic() + self.flush_interval
+        while True:
+            if isinstance(item, _Flush):
+                markers.append(item)
+                return batch, markers  # flush now
+            if item is not _WAKE:
+                batch.append(item)
+            if len(batch) >= self.batch_size:
+                return batch, markers
+            # shutting down: take what is there, wait for nothing
+            timeout = 0.0 if self._closing.is_set() else deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return batch, markers
+
+    def _to_records(self, batch: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for kind, obj in batch:
+            if kind == "d":
+                records.append({"k": "d", "flow": flow_row(obj, self.node), "f": finding_rows(obj)})
+            elif kind == "c":
+                records.append({"k": "c", "c": closed_row(obj)})
+            else:
+                a: DnsAnswer = obj
+                records.append(
+                    {
+                        "k": "n",
+                        "n": {
+                            "ts": a.time,
+                            "sensor": a.sensor,
+                            "node": self.node,
+                            "client_addr": a.client_addr,
+                            "qname": a.qname[:255],
+                            "rtype": a.rtype[:16],
+                            "answer": a.answer[:255],
+                            "ttl": a.ttl,
+                        },
+                    }
+                )
+        return records
+
+    def _handle(self, batch: list[tuple[str, Any]]) -> None:
+        records = self._to_records(batch)
+        if self._spilling:
+            self._spill(records)
+            return
+        try:
+            self._write(records)
+        except SQLAlchemyError as e:
+            if _is_unreachable(e):
+                self._unreachable(e)
+                self._spill(records)
+                return
+            stopped = self._write_one_by_one(records, e)
+            if stopped is not None:
+                self._spill(records[stopped:])
+
+    def _write_one_by_one(
+        self, records: list[dict[str, Any]], first: SQLAlchemyError
+    ) -> int | None:
+        """A batch was refused for its data: find and count the bad rows, keep the rest.
+
+        Returns None when done, or the index of the first record not written
+        because the database became unreachable meanwhile.
+        """
+        self._last_error = _short(first)
+        log.warning("store batch refused (%s); retrying row by row", self._last_error)
+        for i, rec in enumerate(records):
+            try:
+                self._write([rec])
+            except SQLAlchemyError as e:
+                if _is_unreachable(e):
+                    self._unreachable(e)
+                    return i
+                self._last_error = _short(e)
+                if rec["k"] == "d":
+                    self._failed += 1
+                log.warning("store refused a record: %s", self._last_error)
+        return None
+
+    def _spill(self, records: list[dict[str, Any]]) -> None:
+        self._journal.append(records)
+        self._spilled += sum(1 for r in records if r["k"] == "d")
+
+    def _unreachable(self, e: BaseException) -> None:
+        self._last_error = _short(e)
+        if not self._spilling:
+            log.warning(
+                "database unreachable (%s); spilling to %s", self._last_error, self._journal.path
+            )
+        self._spilling = True
+        self._retry_wait = RETRY_FIRST
+        self._retry_at = time.monotonic() + self._retry_wait
+
+    def _replay(self) -> None:
+        """If the database answers again, move the journal into it, oldest first."""
+        if time.monotonic() < self._retry_at:
+            return
+        try:
+            with self.store.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except SQLAlchemyError as e:
+            self._last_error = _short(e)
+            self._retry_wait = min(self._retry_wait * 2, RETRY_MAX)
+            self._retry_at = time.monotonic() + self._retry_wait
+            return
+        log.info("database reachable again; replaying %d records", self._journal.pending)
+        while True:
+            records, offset, lines = self._journal.read(self.batch_size)
+            if lines == 0:
+                self._journal.clear()
+                self._spilling = False
+                self._retry_wait = RETRY_FIRST
+                log.info("spill journal replayed")
+                return
+            try:
+                self._write(records)
+            except SQLAlchemyError as e:
+                if _is_unreachable(e):
+                    self._unreachable(e)
+                    return
+                if self._write_one_by_one(records, e) is not None:
+                    return  # unreachable again: the offset stays, the chunk is replayed later
+            self._journal.commit(offset, lines)
+            self._replayed += sum(1 for r in records if r["k"] == "d")
+            # keep the queue flowing during a long replay: newer items queue up behind
+            # the journal, in order
+            self._drain_into_journal()
+
+    def _drain_into_journal(self) -> None:
+        batch: list[tuple[str, Any]] = []
+        markers: list[_Flush] = []
+        for _ in range(self.batch_size * 4):
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Flush):
+                markers.append(item)
+            elif item is not _WAKE:
+                batch.append(item)
+        if batch:
+            self._spill(self._to_records(batch))
+        for m in markers:
+            m.done.set()
+
+    # -- SQL -----------------------------------------------------------------------------
+
+    def _insert_statements(self) -> tuple[Any, Any]:
+        if self.store.dialect == "postgresql":
+            ins: Any = postgresql.insert
+        elif self.store.dialect == "sqlite":
+            ins = sqlite.insert
+        else:  # pragma: no cover - engine.create_store_engine refuses others
+            raise ValueError(self.store.dialect)
+        flows = ins(_FLOWS).on_conflict_do_nothing(index_elements=["decision_id"])
+        findings = ins(_FINDINGS).on_conflict_do_nothing(index_elements=["decision_id", "seq"])
+        return flows, findings
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        """Commit records in one transaction: inserts first, then closes, in order."""
+        flows: list[dict[str, Any]] = []
+        findings: list[dict[str, Any]] = []
+        closes: list[dict[str, Any]] = []
+        dns: list[dict[str, Any]] = []
+        used: list[tuple[str, str]] = []
+        for rec in records:
+            kind = rec["k"]
+            if kind == "d":
+                row = rec["flow"]
+                key = (row["flow_id"], row["sensor"])
+                waiting = self._pending.get(key)
+                if waiting is not None:
+                    row = {**row, **_close_values(waiting[1])}
+                    used.append(key)
+                flows.append(row)
+                findings.extend(rec["f"])
+            elif kind == "c":
+                closes.append(rec["c"])
+            elif kind == "n":
+                dns.append(rec["n"])
+        with self.store.engine.begin() as conn:
+            if flows:
+                conn.execute(self._insert_flows, flows)
+            if findings:
+                conn.execute(self._insert_findings, findings)
+            if dns:
+                conn.execute(insert(_DNS), dns)
+            if closes:
+                self._apply_closes(conn, closes)
+        for key in used:  # only now: a failed transaction must not lose a waiting close
+            self._pending.pop(key, None)
+        self._written += len(flows)
+
+    def _apply_closes(self, conn: Connection, closes: list[dict[str, Any]]) -> None:
+        keys = list(dict.fromkeys((c["flow_id"], c["sensor"]) for c in closes))
+        latest: dict[tuple[str, str], tuple[int, int]] = {}
+        for i in range(0, len(keys), 500):  # bounded IN lists for both engines
+            chunk = keys[i : i + 500]
+            stmt = (
+                select(Flow.flow_id, Flow.sensor, func.max(Flow.id), func.count())
+                .where(tuple_(Flow.flow_id, Flow.sensor).in_(chunk))
+                .group_by(Flow.flow_id, Flow.sensor)
+            )
+            for flow_id, sensor, max_id, n in conn.execute(stmt):
+                latest[(flow_id, sensor)] = (max_id, n)
+        updates: list[dict[str, Any]] = []
+        zero: list[dict[str, Any]] = []
+        for c in closes:
+            key = (c["flow_id"], c["sensor"])
+            found = latest.get(key)
+            if found is None:
+                self._remember_close(key, c)
+                continue
+            updates.append({"_id": found[0], **_close_values(c)})
+            if found[1] > 1:
+                zero.append({"_fid": key[0], "_sensor": key[1], "_id": found[0]})
+        table = _FLOWS
+        if updates:
+            conn.execute(
+                update(table)
+                .where(table.c.id == bindparam("_id"))
+                .values(
+                    bytes_out=bindparam("bytes_out"),
+                    bytes_in=bindparam("bytes_in"),
+                    duration=bindparam("duration"),
+                    status=bindparam("status"),
+                    closed_ts=bindparam("closed_ts"),
+                ),
+                updates,
+            )
+        if zero:
+            conn.execute(
+                update(table)
+                .where(
+                    table.c.flow_id == bindparam("_fid"),
+                    table.c.sensor == bindparam("_sensor"),
+                    table.c.id < bindparam("_id"),
+                )
+                .values(bytes_out=0, bytes_in=0),
+                zero,
+            )
+
+    def _remember_close(self, key: tuple[str, str], close: dict[str, Any]) -> None:
+        now = time.monotonic()
+        self._pending[key] = (now, close)
+        self._pending.move_to_end(key)
+        while self._pending:
+            oldest_key, (t, _) = next(iter(self._pending.items()))
+            if len(self._pending) > MAX_PENDING_CLOSES or now - t > PENDING_CLOSE_TTL:
+                del self._pending[oldest_key]
+            else:
+                break
+
+    def _maybe_prune(self) -> None:
+        if self.retention is None or self._spilling or time.monotonic() < self._next_prune:
+            return
+        self._next_prune = time.monotonic() + self.retention.interval
+        try:
+            result = retention_mod.apply(self.store, self.retention)
+        except Exception as e:
+            self._last_error = str(e)
+            log.warning("retention prune failed: %s", e)
+            return
+        if result.flows or result.findings:
+            log.info("retention pruned %d flows, %d findings", result.flows, result.findings)
+
+
+def _close_values(c: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bytes_out": c["bytes_out"],
+        "bytes_in": c["bytes_in"],
+        "duration": c["duration"],
+        "status": c["status"],
+        "closed_ts": c["closed_ts"],
+    }
