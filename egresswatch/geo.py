@@ -668,10 +668,23 @@ class GeoChain:
             )
         opened: list[GeoDatabase] = []
         try:
+            same = (
+                country_db is not None
+                and asn_db is not None
+                and Path(country_db).resolve() == Path(asn_db).resolve()
+            )
             if country_db is not None:
-                opened.append(GeoDatabase.open(country_db, ROLE_COUNTRY))
-            if asn_db is not None:
-                opened.append(GeoDatabase.open(asn_db, ROLE_ASN))
+                db = GeoDatabase.open(country_db, ROLE_COUNTRY)
+                if same and ROLE_ASN not in db.roles:
+                    db.close()
+                    GeoDatabase.open(asn_db or country_db, ROLE_ASN)  # raises: wrong type
+                # a file named for one role serves only that role, unless it is named
+                # for both or no ASN file is named (IPinfo Lite as --country-db)
+                keep = {ROLE_COUNTRY} | ({ROLE_ASN} if same or asn_db is None else set())
+                opened.append(GeoDatabase(db.reader, db.path, db.roles & keep))
+            if asn_db is not None and not same:
+                db = GeoDatabase.open(asn_db, ROLE_ASN)
+                opened.append(GeoDatabase(db.reader, db.path, {ROLE_ASN}))
             if (country_db is None or asn_db is None) and folder.is_dir():
                 for db in discover(folder):
                     # an explicit file replaces discovery for its role
@@ -818,28 +831,61 @@ def build_mmdb(
 
     Records use the GeoLite2 layout (``{"country": {"iso_code": ...}}``,
     ``autonomous_system_number``, ``autonomous_system_organization``), so the
-    same reader path serves real GeoLite2 files and ours. IPv4 networks live in
-    the ``::/96`` subtree of an IPv6 tree, as in MaxMind's own files. The more
-    specific network wins where networks nest. The file is written beside
-    ``out`` and renamed over it, so a reader never sees half a file. Returns
-    the number of networks written; raises GeoIPError on bad rows.
+    same reader path serves real GeoLite2 files and ours. Returns the number of
+    networks written; raises GeoIPError on bad rows (see :func:`write_mmdb`).
     """
-    from mmdb_writer import MmdbU32, MMDBWriter
-    from netaddr import IPSet
+    from mmdb_writer import MmdbU32
 
-    parsed: dict[IPNetwork, dict[str, Any]] = {}
+    records: list[tuple[str, dict[str, Any]]] = []
     for n, (network, country, asn, org) in enumerate(rows, start=1):
         try:
-            net = parse_network(network)
             record: dict[str, Any] = {"country": {"iso_code": parse_country(country)}}
             if asn is not None:
+                # GeoLite2-ASN stores the number as uint32
                 record["autonomous_system_number"] = MmdbU32(parse_asn(asn))
             if org:
                 record["autonomous_system_organization"] = str(org)
         except (ValueError, TypeError, AttributeError) as e:
             raise GeoIPError(f"row {n} ({network!r}): {e}") from None
+        records.append((network, record))
+    return write_mmdb(
+        records,
+        out,
+        database_type=database_type,
+        description=description,
+        build_time=build_time,
+    )
+
+
+def write_mmdb(
+    records: Iterable[tuple[str, dict[str, Any]]],
+    out: Path,
+    *,
+    database_type: str,
+    description: str = "egresswatch GeoIP database",
+    build_time: datetime | None = None,
+    ip_version: int = 6,
+) -> int:
+    """Write (network, record) pairs in any layout to a MaxMind DB file.
+
+    With ``ip_version=6`` IPv4 networks live in the ``::/96`` subtree, as in
+    MaxMind's own files. The more specific network wins where networks nest.
+    The file is written beside ``out`` and renamed over it, so a reader never
+    sees half a file. Returns the number of networks; raises GeoIPError.
+    """
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    parsed: dict[IPNetwork, dict[str, Any]] = {}
+    for n, (network, record) in enumerate(records, start=1):
+        try:
+            net = parse_network(network)
+        except ValueError as e:
+            raise GeoIPError(f"row {n}: {e}") from None
         if net in parsed:
             raise GeoIPError(f"row {n}: {net} is given twice")
+        if net.version == 6 and ip_version == 4:
+            raise GeoIPError(f"row {n}: {net} is IPv6 but the database is IPv4-only")
         parsed[net] = record
     if not parsed:
         raise GeoIPError("no networks to write")
@@ -851,23 +897,23 @@ def build_mmdb(
             return {**super()._build_meta(), "build_epoch": epoch}
 
     writer = _Writer(
-        ip_version=6,
-        ipv4_compatible=True,
+        ip_version=ip_version,
+        ipv4_compatible=ip_version == 6,
         database_type=database_type,
         languages=["en"],
         description=description,
     )
 
-    def v6_prefixlen(net: IPNetwork) -> int:
-        return net.prefixlen + (96 if net.version == 4 else 0)
+    def tree_prefixlen(net: IPNetwork) -> int:
+        return net.prefixlen + (96 if net.version == 4 and ip_version == 6 else 0)
 
     # mmdb-writer lets a later, wider network overwrite narrower ones already
     # inserted, so insert from widest to narrowest: the more specific wins.
-    for net in sorted(parsed, key=v6_prefixlen):
+    for net in sorted(parsed, key=tree_prefixlen):
         writer.insert_network(IPSet([str(net)]), parsed[net])
     out = Path(out)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent or ".")
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
     except OSError as e:
         raise GeoIPError(f"cannot write {out}: {e.strerror or e}") from e
     os.close(fd)
