@@ -210,6 +210,8 @@ class _Locator:
         self, table: str | None, key: str | None, index: int | None = None, item: Any = None
     ) -> int | None:
         """The line of ``key`` (or of one ``item`` of its array) in a table, best effort."""
+        if table is None and key is None:
+            return None  # a missing top-level setting has no line
         span = self.section(table, index)
         if span is not None:
             first, last = span
