@@ -1,0 +1,317 @@
+"""Network-namespace labs for tests that need real routing, nftables and "internet" servers.
+
+Reusable by every sensor's tests (proxy, sniffer, verify)::
+
+    with Lab("px") as lab:                       # names: px<pid>-<role>, veths px<pid><n>
+        ns = lab.netns("inet")
+        lab.add_addr(ns, "203.0.113.10/32")
+        proc = lab.spawn(ns, [sys.executable, "server.py"], ready="READY")
+    # namespaces, veths, nft tables, /etc/netns files and processes are gone here,
+    # also when the body raised.
+
+:func:`internet_lab` builds the three-namespace layout of ``lab-notes.md``
+(client -> gateway -> "internet"), with the gateway given **no default route**, so
+nothing from the lab can reach the host's real network.
+
+All commands go through :meth:`Lab.sh`, which records them (``lab.commands``) so a
+test can check exactly what was run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: documentation addresses (RFC 5737 / RFC 3849) put on the "internet" namespace's lo;
+#: the lab GeoIP database maps them: 203.0.113/24 CN, 198.51.100/24 US, 192.0.2/24 DE.
+INTERNET_V4 = {"cn": "203.0.113.10", "us": "198.51.100.20", "de": "192.0.2.30"}
+INTERNET_V6 = {"cn": "2001:db8:1::10", "us": "2001:db8:2::20", "de": "2001:db8:3::30"}
+DOC_ROUTES_V4 = ("203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24")
+DOC_ROUTES_V6 = ("2001:db8:1::/48", "2001:db8:2::/48", "2001:db8:3::/48")
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class Lab:
+    """Owns namespaces, nft tables, /etc/netns files and processes; removes them on close."""
+
+    prefix: str = "lab"
+    tag: str = ""
+    commands: list[list[str]] = field(default_factory=list)
+    namespaces: list[str] = field(default_factory=list)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    tables: list[tuple[str, str]] = field(default_factory=list)
+    _veths: int = 0
+
+    def __post_init__(self) -> None:
+        # Unique per run, short enough for 15-character interface names (IFNAMSIZ - 1).
+        self.tag = self.tag or f"{self.prefix}{os.getpid() % 100000}"
+        if len(self.tag) > 11:
+            raise LabError(f"lab tag too long for interface names: {self.tag!r}")
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def sh(
+        self,
+        *argv: str,
+        ns: str | None = None,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 20,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run one command (in namespace ``ns``); the only place this module shells out."""
+        cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+        self.commands.append(cmd)
+        res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+        if check and res.returncode != 0:
+            raise LabError(f"{' '.join(cmd)} -> {res.returncode}: {res.stderr.strip()}")
+        return res
+
+    def netns(self, role: str) -> str:
+        name = f"{self.tag}-{role}"
+        self.sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        self.sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def veth(self, ns_a: str, ns_b: str) -> tuple[str, str]:
+        """A veth pair created directly inside the two namespaces (never in the root one)."""
+        a, b = f"{self.tag}v{self._veths}", f"{self.tag}v{self._veths + 1}"
+        self._veths += 2
+        self.sh(
+            "ip", "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b
+        )
+        self.sh("ip", "-n", ns_a, "link", "set", a, "up")
+        self.sh("ip", "-n", ns_b, "link", "set", b, "up")
+        return a, b
+
+    def add_addr(self, ns: str, cidr: str, dev: str = "lo") -> None:
+        extra = ["nodad"] if ":" in cidr else []
+        self.sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra)
+
+    def route(self, ns: str, dst: str, via: str) -> None:
+        self.sh("ip", "-n", ns, "route", "add", dst, "via", via)
+
+    def sysctl(self, ns: str, key: str, value: str) -> None:
+        self.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
+
+    def etc(self, ns: str, hosts: dict[str, str]) -> None:
+        """Per-namespace /etc/hosts and resolv.conf (``ip netns exec`` bind-mounts /etc/netns/NS).
+
+        resolv.conf points at loopback, so a name missing from ``hosts`` fails locally
+        instead of producing a DNS query towards a real resolver.
+        """
+        d = Path("/etc/netns") / ns
+        d.mkdir(parents=True, exist_ok=True)
+        lines = ["127.0.0.1 localhost", "::1 localhost"]
+        lines += [f"{addr} {name}" for name, addr in hosts.items()]
+        (d / "hosts").write_text("\n".join(lines) + "\n")
+        (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+
+    def nft(self, ns: str, ruleset: str, table: str, family: str = "inet") -> None:
+        """Load a ruleset that defines ``table``; close() deletes the table (one command)."""
+        self.sh("nft", "-f", "-", ns=ns, input=ruleset)
+        self.tables.append((ns, f"{family} {table}"))
+
+    def spawn(
+        self,
+        ns: str | None,
+        argv: Sequence[str],
+        *,
+        ready: str | None = None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        timeout: float = 30,
+    ) -> subprocess.Popen[bytes]:
+        """Start a process (in ``ns``); if ``ready`` is given, wait for that line on stdout."""
+        cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
+        self.commands.append(cmd)
+        out = subprocess.PIPE if ready else (log.open("wb") if log else subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT if ready else (out if log else subprocess.DEVNULL),
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        if ready:
+            assert proc.stdout is not None
+            seen: list[bytes] = []
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                seen.append(line)
+                if ready.encode() in line:
+                    return proc
+            raise LabError(f"{argv[0]} not ready: {b''.join(seen[-20:]).decode(errors='replace')}")
+        return proc
+
+    def wait_listen(
+        self,
+        ns: str | None,
+        port: int,
+        *,
+        udp: bool = False,
+        timeout: float = 20,
+        proc: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        """Poll ``ss`` until something listens on ``port`` (no fixed sleeps)."""
+        flag = "-Hlun" if udp else "-Hltn"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            res = self.sh("ss", flag, f"sport = :{port}", ns=ns, check=False)
+            if res.stdout.strip():
+                return
+            if proc is not None and proc.poll() is not None:
+                raise LabError(f"process exited with {proc.returncode} before listening")
+            time.sleep(0.05)
+        raise LabError(f"nothing listens on port {port} in {ns or 'root ns'}")
+
+    # -- teardown -------------------------------------------------------------------------
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5) -> None:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # its own session: only what we started
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+    def close(self) -> None:
+        errors: list[str] = []
+        for proc in reversed(self.procs):
+            try:
+                self.stop(proc)
+            except Exception as e:  # keep tearing down
+                errors.append(f"stop {proc.args}: {e}")
+        self.procs.clear()
+        for ns, table in reversed(self.tables):
+            self.sh("nft", "delete", "table", *table.split(), ns=ns, check=False)
+        self.tables.clear()
+        for ns in reversed(self.namespaces):
+            # Anything still running in the namespace was started by this lab.
+            pids = self.sh("ip", "netns", "pids", ns, check=False).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+            res = self.sh("ip", "netns", "del", ns, check=False)
+            if res.returncode != 0:
+                errors.append(res.stderr.strip())
+            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
+        self.namespaces.clear()
+        if errors:
+            raise LabError("; ".join(errors))
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class InternetLab:
+    """The three-namespace lab: who is where."""
+
+    lab: Lab
+    client: str
+    gateway: str
+    internet: str
+    #: gateway's interface towards the client, and its address there
+    client_iface: str
+    gateway_addr: str = "10.77.1.1"
+    client_addr: str = "10.77.1.2"
+
+
+@contextlib.contextmanager
+def internet_lab(
+    prefix: str = "lab", *, hosts: dict[str, str] | None = None, v6: bool = True
+) -> Iterator[InternetLab]:
+    """client --(10.77.1.0/24)-- gateway --(10.77.2.0/24)-- internet (doc addresses on lo).
+
+    The client's default route is the gateway; the gateway routes only the
+    documentation ranges to the internet namespace and has no default route.
+    ``hosts`` goes into the client's and the gateway's /etc/hosts.
+    """
+    with Lab(prefix) as lab:
+        client, gw, inet = lab.netns("c"), lab.netns("g"), lab.netns("i")
+        c_if, gc_if = lab.veth(client, gw)
+        gi_if, i_if = lab.veth(gw, inet)
+        lab.add_addr(client, "10.77.1.2/24", c_if)
+        lab.add_addr(gw, "10.77.1.1/24", gc_if)
+        lab.add_addr(gw, "10.77.2.1/24", gi_if)
+        lab.add_addr(inet, "10.77.2.2/24", i_if)
+        lab.sh("ip", "-n", client, "route", "add", "default", "via", "10.77.1.1")
+        lab.route(inet, "10.77.1.0/24", "10.77.2.1")
+        for addr in INTERNET_V4.values():
+            lab.add_addr(inet, f"{addr}/32")
+        for dst in DOC_ROUTES_V4:
+            lab.route(gw, dst, "10.77.2.2")
+        if v6:
+            lab.add_addr(client, "fd77:1::2/64", c_if)
+            lab.add_addr(gw, "fd77:1::1/64", gc_if)
+            lab.add_addr(gw, "fd77:2::1/64", gi_if)
+            lab.add_addr(inet, "fd77:2::2/64", i_if)
+            lab.sh("ip", "-n", client, "-6", "route", "add", "default", "via", "fd77:1::1")
+            lab.sh("ip", "-n", inet, "-6", "route", "add", "fd77:1::/64", "via", "fd77:2::1")
+            for addr in INTERNET_V6.values():
+                lab.add_addr(inet, f"{addr}/128")
+            for dst in DOC_ROUTES_V6:
+                lab.sh("ip", "-n", gw, "-6", "route", "add", dst, "via", "fd77:2::2")
+            lab.sysctl(gw, "net.ipv6.conf.all.forwarding", "1")
+        lab.sysctl(gw, "net.ipv4.ip_forward", "1")
+        for ns in (client, gw):
+            lab.etc(ns, hosts or {})
+        yield InternetLab(lab, client, gw, inet, gc_if)
+
+
+def transparent_ruleset(
+    table: str, client_iface: str, port: int, *, block_quic: bool = True
+) -> str:
+    """nftables rules of our own table: redirect the client's web traffic to mitmproxy.
+
+    UDP/443 (QUIC, RFC 9000) is dropped by default: mitmproxy's transparent mode does not
+    take UDP, so dropping it makes clients fall back to TCP, where they are inspected.
+    """
+    quic = f'        iifname "{client_iface}" udp dport 443 drop\n' if block_quic else ""
+    return (
+        f"table inet {table} {{\n"
+        "    chain prerouting {\n"
+        "        type nat hook prerouting priority dstnat; policy accept;\n"
+        f'        iifname "{client_iface}" tcp dport {{ 80, 443 }} redirect to :{port}\n'
+        "    }\n"
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy accept;\n"
+        f"{quic}"
+        "    }\n"
+        "}\n"
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10, step: float = 0.05) -> bool:
+    """Poll until ``predicate()`` is true; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
