@@ -11,9 +11,20 @@ import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from egresswatch.inspector import Inspector
-from egresswatch.model import Mode
+from egresswatch.model import Decision, FlowClosed, Mode
+from egresswatch.ports import FanOut, Sink
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from egresswatch.alerts import Alert, AlertSink
+    from egresswatch.metrics import Metrics, MetricsServer
+    from egresswatch.policy import Policy
+    from egresswatch.store import Store
+    from egresswatch.store.writer import StoreWriter
 
 #: How much of a request body the classifier sees (DESIGN.md: bounded).
 DEFAULT_BODY_LIMIT = 256 * 1024
@@ -71,7 +82,7 @@ def build_inspector(settings: Settings) -> Inspector:
     return Inspector(geo, catalog, load_policy(settings))
 
 
-def load_policy(settings: Settings):  # type: ignore[no-untyped-def]
+def load_policy(settings: Settings) -> Policy:
     """The policy named by the settings (or the shipped default), with the mode override."""
     from egresswatch.policy import Policy
 
@@ -79,3 +90,151 @@ def load_policy(settings: Settings):  # type: ignore[no-untyped-def]
     if settings.mode is not None:
         policy = policy.with_mode(settings.mode)
     return policy
+
+
+class Sinks:
+    """Store writer, metrics and alerts behind one ``ports.Sink``; ``close`` flushes in order.
+
+    ``record`` and ``flow_closed`` only enqueue (store, alerts) or bump counters
+    (metrics): a sensor's event loop never waits on a disk or a webhook.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        store: Store | None = None,
+        writer: StoreWriter | None = None,
+        alerts: AlertSink | None = None,
+        server: MetricsServer | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.store = store
+        self.writer = writer
+        self.alerts = alerts
+        self.server = server
+        parts: list[Sink] = [metrics]
+        if writer is not None:
+            parts.append(writer)
+        if alerts is not None:
+            parts.append(alerts)
+        self._fan = FanOut(parts)
+        self._alert_ids: dict[str, int] = {}
+
+    def record(self, decision: Decision) -> None:
+        self._fan.record(decision)
+
+    def flow_closed(self, event: FlowClosed) -> None:
+        self._fan.flow_closed(event)
+
+    def close(self) -> None:
+        """Deliver pending alerts, flush the store, stop the metrics listener."""
+        if self.alerts is not None:
+            self.alerts.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            self.server.close()
+        if self.store is not None:
+            self.store.close()
+
+    def _alert_state(self, alert: Alert) -> None:
+        """Record an alert and its delivery state in the store (runs on alert threads)."""
+        from egresswatch.store.queries import AlertRecord, insert_alert, update_alert
+
+        assert self.store is not None
+        key = f"{alert.id}:{alert.channel}"
+        row_id = self._alert_ids.get(key)
+        if row_id is None:
+            self._alert_ids[key] = insert_alert(
+                self.store,
+                AlertRecord(
+                    ts=alert.first,
+                    last_ts=alert.last,
+                    rule=alert.rule,
+                    severity=str(alert.severity),
+                    count=alert.count,
+                    decision_id=alert.decision_id,
+                    sensor=alert.sensor,
+                    client_addr=alert.client,
+                    service_id=alert.service,
+                    country=alert.country,
+                    summary=alert.summary,
+                    sink=alert.channel,
+                    delivery_state=str(alert.state),
+                ),
+            )
+            if len(self._alert_ids) > 10_000:  # bounded: forget the oldest
+                self._alert_ids.pop(next(iter(self._alert_ids)))
+        else:
+            update_alert(
+                self.store,
+                row_id,
+                delivery_state=str(alert.state),
+                count=alert.count,
+                last_ts=alert.last,
+            )
+
+
+def build_sinks(
+    settings: Settings, registry: CollectorRegistry, inspector: Inspector | None = None
+) -> Sinks:
+    """Open the store, start its writer, the alert channels and the /metrics listener.
+
+    Raises StoreError (database), ConfigError (alert settings) or MetricsError
+    (listener) with a clear message; anything already started is stopped again.
+    """
+    from egresswatch import alerts as alerting
+    from egresswatch import metrics as prom
+
+    services: list[str] = []
+    catalog = getattr(inspector, "catalog", None)
+    if catalog is not None:
+        services = [s.id for s in catalog.services]
+    metrics = prom.Metrics(registry, sensor_name=settings.sensor_name, known_services=services)
+    if inspector is not None and hasattr(inspector.geo, "databases"):
+        metrics.watch_geoip(inspector.geo.databases)
+    started: list[Any] = []
+    try:
+        store = writer = None
+        if settings.store:
+            from egresswatch.store import open_store
+
+            store = open_store(settings.db_url)
+            started.append(store)
+            writer = store.writer(
+                spill_path=settings.spill_path, node=settings.sensor_name
+            )
+            started.append(writer)
+            metrics.watch_store(lambda: writer.stats)
+        channels: list[alerting.Channel] = []
+        if settings.alert_log is not None:
+            channels.append(alerting.LogChannel(settings.alert_log))
+        if settings.alert_webhook:
+            channels.append(
+                alerting.WebhookChannel(
+                    settings.alert_webhook, format=settings.alert_webhook_format
+                )
+            )
+        if settings.alert_syslog:
+            channels.append(alerting.SyslogChannel())
+        if not channels and store is not None:
+            # Alerts are never silent: with no channel configured they go to a JSON-lines
+            # log beside the database (or in the data folder for a server database).
+            base = store.path or store.default_spill_path()
+            channels.append(alerting.LogChannel(base.with_name(base.name + ".alerts.jsonl")))
+        alert_sink = alerting.AlertSink(channels) if channels else None
+        if alert_sink is not None:
+            started.append(alert_sink)
+            alert_sink.on_state(metrics.alert_state)
+        server = None
+        if settings.metrics_listen is not None:
+            server = prom.serve(registry, *settings.metrics_listen)
+        sinks = Sinks(metrics, store=store, writer=writer, alerts=alert_sink, server=server)
+        if alert_sink is not None and store is not None:
+            alert_sink.on_state(sinks._alert_state)
+        return sinks
+    except BaseException:
+        for part in reversed(started):
+            part.close()
+        raise
