@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from egresswatch.commands.common import IPAddressType, inspector_options, settings_from
@@ -170,8 +171,8 @@ def _print(decision: Decision) -> None:
     where = geo["country"] or "unknown"
     if geo["asn"]:
         where += f", AS{geo['asn']}" + (f" {geo['org']}" if geo["org"] else "")
-    table.add_row("destination", f"{dest['host'] or '-'} {dest['address'] or '(no address)'}"
-                  f":{dest['port']}")
+    table.add_row("destination", escape(f"{dest['host'] or '-'} "
+                                        f"{dest['address'] or '(no address)'}:{dest['port']}"))
     table.add_row("address country", f"{where} (source: {geo['source']})")
     service = data["service"]
     if service:
@@ -179,12 +180,12 @@ def _print(decision: Decision) -> None:
                f"{service['operator_country']}; category {service['category']}"
         if service["unverified"]:
             line += f" (unverified: {', '.join(service['unverified'])})"
-        table.add_row("service", line)
+        table.add_row("service", escape(line))
     else:
         table.add_row("service", "not in the catalog")
     table.add_row("payload", ", ".join(data["payload_types"]) or "-")
     findings = [f"{f['kind']} {f['value']} ({f['where']})" for f in data["findings"]]
-    table.add_row("findings", "; ".join(findings) or "none")
+    table.add_row("findings", escape("; ".join(findings)) or "none")
     if data["flags"]:
         table.add_row("flags", ", ".join(data["flags"]))
     console.print(table)
