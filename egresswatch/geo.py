@@ -686,9 +686,10 @@ class GeoChain:
                 db = GeoDatabase.open(asn_db, ROLE_ASN)
                 opened.append(GeoDatabase(db.reader, db.path, {ROLE_ASN}))
             if (country_db is None or asn_db is None) and folder.is_dir():
+                named = {db.path.resolve() for db in opened}
                 for db in discover(folder):
                     # an explicit file replaces discovery for its role
-                    roles = set(db.roles)
+                    roles = set(db.roles) if db.path.resolve() not in named else set()
                     if country_db is not None:
                         roles.discard(ROLE_COUNTRY)
                     if asn_db is not None:
