@@ -149,13 +149,15 @@ def _svcb_hints(msg: bytes, pos: int, end: int, owner: str, rtype: int, ttl: int
         pos = v + vlen
         if pos > end:
             raise ValueError("SvcParam overruns the record")
+        # hints keep the record's type (HTTPS/SVCB) with an address value
         if key == SVC_IPV4HINT:
-            out.extend(Record(owner, TYPE_A, ttl, msg[i : i + 4]) for i in range(v, pos - 3, 4))
+            out.extend(Record(owner, rtype, ttl, msg[i : i + 4]) for i in range(v, pos - 3, 4))
         elif key == SVC_IPV6HINT:
-            out.extend(
-                Record(owner, TYPE_AAAA, ttl, msg[i : i + 16]) for i in range(v, pos - 15, 16)
-            )
+            out.extend(Record(owner, rtype, ttl, msg[i : i + 16]) for i in range(v, pos - 15, 16))
     return out
+
+
+_VIA = {TYPE_A: "A", TYPE_AAAA: "AAAA", TYPE_HTTPS: "HTTPS-hint", TYPE_SVCB: "SVCB-hint"}
 
 
 class Resolution(NamedTuple):
@@ -189,11 +191,9 @@ def address_names(message: Message) -> list[tuple[bytes, str, tuple[str, ...], i
             chain.append(rec.value)
         owners = set(chain)
         for r in message.answers:
-            if r.rtype in (TYPE_A, TYPE_AAAA) and r.name in owners and isinstance(r.value, bytes):
+            if r.name in owners and isinstance(r.value, bytes):
                 ttl = r.ttl if ttl_floor is None else min(r.ttl, ttl_floor)
-                via = "A" if r.rtype == TYPE_A else "AAAA"
-                if q.qtype in (TYPE_HTTPS, TYPE_SVCB):
-                    via = "HTTPS-hint" if q.qtype == TYPE_HTTPS else "SVCB-hint"
+                via = _VIA.get(r.rtype, "A")
                 upto = chain[: chain.index(r.name) + 1]
                 out.append((r.value, q.name, tuple(upto), ttl, via))
     return out

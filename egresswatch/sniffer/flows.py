@@ -298,6 +298,6 @@ class FlowSummary:
             "tcp_state": self.tcp_state,
             "end": self.end_reason,
             "note": self.note,
-            "vlan": self.vlan or None,
+            "vlan_tags": self.vlan,
             "decision": decision_to_dict(self.decision) if self.decision else None,
         }

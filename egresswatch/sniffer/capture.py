@@ -1,0 +1,236 @@
+"""Packet sources for the sniffer: pcap/pcapng files and live Linux interfaces (scapy).
+
+Offline files are read with scapy's raw readers (no dissection). Live capture
+opens one scapy ``L2ListenSocket`` (AF_PACKET, CAP_NET_RAW is enough) per
+interface with a BPF filter compiled by libpcap, reads raw frames, and reads the
+kernel's drop counter (``PACKET_STATISTICS``, packet(7)) so drops are reported,
+never silent. scapy and socket errors become :class:`CaptureError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from egresswatch.errors import CaptureError
+from egresswatch.sniffer.decode import LINKTYPE_ETHERNET, LINKTYPE_RAW, SUPPORTED_LINKTYPES
+from egresswatch.sniffer.engine import Sniffer
+
+#: Every TCP segment (reassembling a multi-segment ClientHello needs all of them, byte
+#: counts too) and every UDP datagram except QUIC short-header packets on port 443:
+#: those are encrypted 1-RTT data (RFC 9000 §17.3, header form bit 0) that never carry a
+#: name and are most of a QUIC flow's packets. Offsets: udp[8] is the first payload byte
+#: over IPv4; ip6[48] the same over IPv6 without extension headers (libpcap's udp[] is
+#: IPv4-only). The whole filter is repeated behind ``vlan`` for tagged frames.
+_CORE_BPF = (
+    "tcp or (udp and not ("
+    "(ip and udp port 443 and udp[8] & 0x80 = 0) or "
+    "(ip6 and udp port 443 and ip6[6] = 17 and ip6[48] & 0x80 = 0)))"
+)
+DEFAULT_BPF = f"{_CORE_BPF} or (vlan and ({_CORE_BPF}))"
+
+# packet(7): SOL_PACKET / PACKET_STATISTICS, struct tpacket_stats { u32 packets; u32 drops; }
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+# if_arp.h hardware types -> link types
+_ARPHRD_LINKTYPE = {1: LINKTYPE_ETHERNET, 772: LINKTYPE_ETHERNET, 65534: LINKTYPE_RAW}
+
+
+def check_bpf(expr: str) -> None:
+    """Compile a BPF expression with libpcap; raises ValueError with libpcap's message."""
+    try:
+        from scapy.arch.common import compile_filter
+
+        compile_filter(expr, linktype=LINKTYPE_ETHERNET)
+    except ImportError as e:
+        raise ValueError(f"cannot compile BPF filters: {e} (install libpcap0.8)") from e
+    except Exception as e:  # scapy raises Scapy_Exception with libpcap's text
+        raise ValueError(str(e).strip() or "invalid BPF expression") from e
+
+
+def read_file(path: Path) -> Iterator[tuple[float, bytes, int]]:
+    """(timestamp, frame bytes, link type) for each packet of a pcap or pcapng file."""
+    from scapy.error import Scapy_Exception
+    from scapy.utils import RawPcapNgReader, RawPcapReader
+
+    try:
+        reader: Any = RawPcapReader(str(path))
+    except (Scapy_Exception, OSError, EOFError) as e:
+        raise CaptureError(f"{path}: not a readable pcap or pcapng file ({e})") from e
+    try:
+        if isinstance(reader, RawPcapNgReader):
+            yield from _read_pcapng(reader)
+        else:
+            yield from _read_pcap(reader)
+    finally:
+        reader.close()
+
+
+def _read_pcap(reader: Any) -> Iterator[tuple[float, bytes, int]]:
+    linktype = reader.linktype
+    if linktype not in SUPPORTED_LINKTYPES:
+        raise CaptureError(
+            f"link type {linktype} is not supported (supported: "
+            + ", ".join(sorted(set(SUPPORTED_LINKTYPES.values())))
+            + ")"
+        )
+    div = 1e9 if getattr(reader, "nano", False) else 1e6
+    read = reader._read_packet  # the raw reader's per-record call, without its wrapper
+    while True:
+        try:
+            data, meta = read()
+        except EOFError:
+            return
+        yield meta.sec + meta.usec / div, data, linktype
+
+
+def _read_pcapng(reader: Any) -> Iterator[tuple[float, bytes, int]]:
+    while True:
+        try:
+            data, meta = reader._read_packet()
+        except EOFError:
+            return
+        ts = ((meta.tshigh << 32) | meta.tslow) / meta.tsresol
+        yield ts, data, meta.linktype
+
+
+def run_file(sniffer: Sniffer, path: Path, limit: int | None = None) -> int:
+    """Feed a whole capture file to the sniffer, then finish every flow. Returns packets read."""
+    from scapy.error import Scapy_Exception
+
+    n = 0
+    feed = sniffer.feed
+    try:
+        for ts, data, linktype in read_file(path):
+            feed(ts, data, linktype)
+            n += 1
+            if limit is not None and n >= limit:
+                break
+    except Scapy_Exception as e:
+        # a damaged record in the middle of the file: keep what was read, say where it stopped
+        sniffer.stats.malformed["capture-file"] += 1
+        raise CaptureError(f"{path}: stopped after {n} packets: {e}") from e
+    finally:
+        sniffer.close()
+    return n
+
+
+class LiveCapture:
+    """Live capture on one or more interfaces into one sniffer.
+
+    Needs CAP_NET_RAW (AF_PACKET sockets); nothing is ever sent. ``stop()`` may
+    be called from another thread or a signal handler.
+    """
+
+    def __init__(self, sniffer: Sniffer, ifaces: list[str], bpf: str | None = DEFAULT_BPF) -> None:
+        self.sniffer = sniffer
+        self.ifaces = ifaces
+        self.bpf = bpf
+        self._stop = threading.Event()
+        self._socks: list[tuple[Any, int]] = []
+
+    def open(self) -> None:
+        """Open the sockets; raises CaptureError for permission, interface and filter problems."""
+        from scapy.arch.linux import L2ListenSocket
+        from scapy.error import Scapy_Exception
+
+        for iface in self.ifaces:
+            try:
+                sock = L2ListenSocket(iface=iface, filter=self.bpf, promisc=False)
+            except PermissionError as e:
+                self.close()
+                raise CaptureError(
+                    f"capture on {iface}: permission denied; run as root or grant CAP_NET_RAW "
+                    "(setcap cap_net_raw+ep on the Python binary)"
+                ) from e
+            except OSError as e:
+                self.close()
+                raise CaptureError(f"capture on {iface}: {e.strerror or e}") from e
+            except Scapy_Exception as e:
+                self.close()
+                raise CaptureError(f"capture on {iface}: {e}") from e
+            hatype = sock.ins.getsockname()[3]
+            linktype = _ARPHRD_LINKTYPE.get(hatype)
+            if linktype is None:
+                sock.close()
+                self.close()
+                raise CaptureError(f"capture on {iface}: hardware type {hatype} is not supported")
+            sock.ins.setblocking(False)
+            self._socks.append((sock, linktype))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, duration: float | None = None, count: int | None = None) -> int:
+        """Capture until stop(), ``duration`` seconds or ``count`` packets. Returns packets read."""
+        if not self._socks:
+            self.open()
+        deadline = None if duration is None else time.monotonic() + duration
+        feed = self.sniffer.feed
+        by_fd = {s.ins.fileno(): (s, lt) for s, lt in self._socks}
+        n = 0
+        next_stats = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_stats:
+                self.read_kernel_stats()
+                next_stats = now + 1.0
+                self.sniffer.sweep(self.sniffer.now)
+            ready, _, _ = select.select(list(by_fd), [], [], 0.2)
+            for fd in ready:
+                sock, linktype = by_fd[fd]
+                while True:
+                    try:
+                        _, data, ts = sock.recv_raw(65535)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError as e:
+                        raise CaptureError(f"capture on {sock.iface}: {e.strerror or e}") from e
+                    if data is None:
+                        break
+                    feed(ts if ts is not None else time.time(), data, linktype)
+                    n += 1
+                    if count is not None and n >= count:
+                        self._stop.set()
+                        break
+        self.read_kernel_stats()
+        return n
+
+    def read_kernel_stats(self) -> None:
+        """Add the kernel's received/dropped counters (they reset on every read)."""
+        st = self.sniffer.stats
+        for sock, _ in self._socks:
+            try:
+                raw = sock.ins.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)
+            except OSError:
+                continue
+            packets, drops = struct.unpack("II", raw)
+            st.kernel_packets += packets
+            st.kernel_drops += drops
+
+    def close(self) -> None:
+        for sock, _ in self._socks:
+            with contextlib.suppress(OSError, socket.error):
+                sock.close()
+        self._socks = []
+
+
+def has_capture_permission() -> bool:
+    """True if this process may open AF_PACKET sockets (root or CAP_NET_RAW)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
+    except PermissionError:
+        return False
+    return True
