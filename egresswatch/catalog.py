@@ -79,6 +79,10 @@ ISO_COUNTRIES: frozenset[str] = frozenset(
     """.split()  # noqa: SIM905 - a grid of codes is easier to check than 249 quoted strings
 )
 
+# Faces with a shorter first label (x.ai, z.ai, hf.co) are too short to flag when
+# they appear inside other names' subdomains ("x-ai.example.net" is no imitation).
+_MIN_EMBEDDED_LABEL = 4
+
 #: Bound of the match cache: distinct host strings remembered (LRU).
 DEFAULT_CACHE_SIZE = 65536
 
@@ -339,6 +343,7 @@ class Catalog:
         # Registrables that a service lists as a whole domain: its "face", which
         # homographs and embedded copies imitate. Keyed by skeleton.
         self._faces: dict[str, tuple[str, Service]] = {}
+        self._embeddable: set[str] = set()
         self._substring_brands: list[tuple[str, Service]] = []
         self._label_brands: dict[str, Service] = {}
         for service in self._services.values():
@@ -352,6 +357,8 @@ class Catalog:
                 self._own_registrables.add(reg)
                 if reg == domain:
                     self._faces.setdefault(skeleton(reg), (reg, service))
+                    if len(reg.split(".", 1)[0]) >= _MIN_EMBEDDED_LABEL:
+                        self._embeddable.add(skeleton(reg))
             for brand in service.brands:
                 if brand in self._whole_label:
                     self._label_brands.setdefault(brand, service)
@@ -472,7 +479,8 @@ class Catalog:
             sub = skeleton(host[: -len(reg) - 1]).replace("-", ".").split(".")
             for width in (3, 2):
                 for j in range(len(sub) - width + 1):
-                    face = self._faces.get(".".join(sub[j : j + width]))
+                    key = ".".join(sub[j : j + width])
+                    face = self._faces.get(key) if key in self._embeddable else None
                     if face is not None:
                         return self._lookalike(face[1], host, face[0])
         # 3. a brand in the registrable label, raw or read as its skeleton
