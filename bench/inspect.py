@@ -10,11 +10,17 @@ without its cache, side by side, in the same run. Nothing is sent anywhere.
 
 from __future__ import annotations
 
+import sys
+
+# This file's name shadows the standard library's `inspect` (which dataclasses imports):
+# drop its folder from the import path before anything else is imported.
+if sys.path and sys.path[0] == __import__("os").path.dirname(__file__):
+    del sys.path[0]
+
 import argparse
 import gzip
 import json
 import random
-import sys
 import tempfile
 import time
 from collections.abc import Callable
