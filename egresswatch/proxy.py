@@ -351,6 +351,10 @@ class EgressWatch:
         mode = getattr(policy, "mode", None)
         return mode if isinstance(mode, Mode) else None
 
+    def _policy_passthrough(self, host: str | None) -> bool:
+        check = getattr(getattr(self._inspector, "policy", None), "is_passthrough", None)
+        return bool(check(host)) if check is not None and host else False
+
     def _require_lazy(self) -> None:
         # Enforce mode needs lazy upstream connections: with "eager", mitmproxy connects to the
         # server as soon as the client connects, before any verdict (lab-notes.md).
@@ -524,7 +528,9 @@ class EgressWatch:
         decision = self._judge(obs)
         if decision is None:
             return
-        passthrough = host_matches(sni or host, self._cfg.passthrough)
+        passthrough = host_matches(sni or host, self._cfg.passthrough) or self._policy_passthrough(
+            sni or host
+        )
         blocked = decision.verdict.enforced or (is_quic and not self._cfg.allow_quic)
         if blocked:
             # No ServerHello: tls_start_client withdraws the TLS context and mitmproxy closes
@@ -776,49 +782,7 @@ def _build_from_options(opts: Any) -> tuple[InspectorLike, Sink]:
 
     settings = settings_from_options(opts)
     inspector = runtime.build_inspector(settings)
-    registry = CollectorRegistry()
-    build_sinks = getattr(runtime, "build_sinks", None)
-    if build_sinks is not None:
-        return inspector, build_sinks(settings, registry)
-    return inspector, _fallback_sinks(settings, registry, inspector)
-
-
-def _fallback_sinks(settings: Any, registry: Any, inspector: Any) -> Sink:
-    """Store writer + metrics, for checkouts where ``runtime.build_sinks`` is not there yet."""
-    from egresswatch import metrics
-    from egresswatch.ports import FanOut
-
-    parts: list[Sink] = []
-    services = [s.id for s in getattr(getattr(inspector, "catalog", None), "services", ())]
-    m = metrics.Metrics(registry, sensor_name=settings.sensor_name, known_services=services)
-    parts.append(m)
-    server = None
-    if settings.metrics_listen is not None:
-        server = metrics.serve(registry, *settings.metrics_listen)
-    if settings.store:
-        from egresswatch.store import open_store
-
-        parts.append(open_store(settings.db_url).writer())
-    fan = FanOut(parts)
-    if server is not None:
-        parts.append(_Closer(server.close))
-    return fan
-
-
-class _Closer:
-    """A sink that only closes something (the metrics listener) at shutdown."""
-
-    def __init__(self, close: Callable[[], None]) -> None:
-        self._close = close
-
-    def record(self, decision: Decision) -> None:
-        pass
-
-    def flow_closed(self, event: FlowClosed) -> None:
-        pass
-
-    def close(self) -> None:
-        self._close()
+    return inspector, runtime.build_sinks(settings, CollectorRegistry(), inspector)
 
 
 def parse_listen(text: str) -> tuple[str, int]:

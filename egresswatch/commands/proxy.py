@@ -200,17 +200,12 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
 
 def build_parts(settings: Settings) -> tuple[Any, Any]:
     """The inspector and sinks for ``settings`` (raises EgressWatchError subclasses)."""
-    from egresswatch import runtime
-    from egresswatch.proxy import _fallback_sinks
-
-    inspector = runtime.build_inspector(settings)
     from prometheus_client import CollectorRegistry
 
-    registry = CollectorRegistry()
-    build_sinks = getattr(runtime, "build_sinks", None)
-    if build_sinks is not None:
-        return inspector, build_sinks(settings, registry)
-    return inspector, _fallback_sinks(settings, registry, inspector)
+    from egresswatch import runtime
+
+    inspector = runtime.build_inspector(settings)
+    return inspector, runtime.build_sinks(settings, CollectorRegistry(), inspector)
 
 
 def _policy_mode(inspector: Any) -> Mode | None:
