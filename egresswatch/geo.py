@@ -587,6 +587,14 @@ def discover(folder: Path) -> list[GeoDatabase]:
     return found
 
 
+def _dir_origin(geoip_dir: str | Path | None) -> str:
+    """Where a GeoIP folder setting came from, for error messages."""
+    env = os.environ.get(GEOIP_DIR_ENV)
+    if env and (geoip_dir is None or Path(env) == Path(geoip_dir)):
+        return "$" + GEOIP_DIR_ENV
+    return "the geoip_dir setting / --geoip-dir"
+
+
 def default_geoip_dir() -> Path:
     """The GeoIP folder: $EGRESSWATCH_GEOIP_DIR, the checkout's geoip/, or the system one."""
     env = os.environ.get(GEOIP_DIR_ENV)
@@ -662,8 +670,7 @@ class GeoChain:
         folder = Path(geoip_dir) if geoip_dir is not None else default_geoip_dir()
         if explicit_dir and not folder.is_dir():
             raise GeoIPError(
-                f"GeoIP folder {folder} does not exist (from "
-                f"{'the setting' if geoip_dir is not None else '$' + GEOIP_DIR_ENV}); "
+                f"GeoIP folder {folder} does not exist (from {_dir_origin(geoip_dir)}); "
                 f"create it and put .mmdb files there: {HOWTO}"
             )
         opened: list[GeoDatabase] = []

@@ -188,8 +188,9 @@ def info(as_json: bool, **params: Any) -> None:
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
-    console = Console()
-    err = Console(stderr=True)
+    # soft_wrap: long paths stay on one line, so they can be copied and grepped
+    console = Console(soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
     where = f"{folder}" + ("" if result["geoip_dir_exists"] else " (does not exist)")
     console.print(Text.assemble(("GeoIP folder: ", "bold"), where))
     if overrides is not None:
@@ -197,22 +198,7 @@ def info(as_json: bool, **params: Any) -> None:
             Text.assemble(("overrides: ", "bold"), f"{overrides.path} ({len(overrides)} networks)")
         )
     if dbs:
-        table = Table(title="databases (asked in this order)", title_justify="left")
-        table.add_column("file", overflow="fold")
-        for col in ("type", "used for", "built", "age"):
-            table.add_column(col, no_wrap=True)
-        for d in dbs:
-            table.add_row(
-                str(d.path),
-                d.type,
-                " + ".join(d.roles),
-                d.built.strftime("%Y-%m-%d"),
-                Text(
-                    f"{d.age_days:.0f} days" + (" STALE" if d.stale else ""),
-                    style="bold yellow" if d.stale else "green",
-                ),
-            )
-        console.print(table)
+        console.print(Text("databases (asked in this order):", style="bold"))
     else:
         console.print(
             Text(
@@ -221,7 +207,13 @@ def info(as_json: bool, **params: Any) -> None:
                 style="yellow",
             )
         )
-    for d in dbs:
+    for number, d in enumerate(dbs, 1):
+        age = Text(f"{d.age_days:.0f} days old", style="bold yellow" if d.stale else "green")
+        if d.stale:
+            age.append(f" STALE (more than {geo.STALE_DAYS})")
+        console.print(Text.assemble(f"  {number}. ", (str(d.path), "bold")))
+        console.print(f"     type {d.type}, used for {' + '.join(d.roles)}, IPv{d.ip_version}")
+        console.print(Text.assemble(f"     built {d.built:%Y-%m-%d %H:%M} UTC, ", age))
         if d.stale:
             err.print(
                 f"[yellow]warning:[/yellow] {d.path} was built {d.age_days:.0f} days ago "
@@ -281,7 +273,7 @@ def build(csv_path: Path, output: Path, database_type: str, description: str) ->
         geo.iter_rows(rows), output, database_type=database_type, description=description
     )
     _verify(output, rows)
-    Console().print(
+    Console(soft_wrap=True).print(
         Text.assemble(("wrote ", "green"), f"{output}: {count} networks, type {database_type!r}")
     )
 
