@@ -212,7 +212,7 @@ def skeleton(host: str) -> str:
     for label in host.split("."):
         if label.startswith("xn--"):
             with contextlib.suppress(UnicodeError):  # a broken xn-- label stays as it is
-                label = label[4:].encode("ascii").decode("punycode")
+                label = label[4:].encode("ascii").decode("punycode") or label
         label = unicodedata.normalize("NFKC", label).lower()
         label = "".join(
             ch for ch in unicodedata.normalize("NFKD", label) if not unicodedata.combining(ch)
