@@ -487,6 +487,8 @@ class GeoDatabase:
         self.description = desc.get("en") or next(iter(desc.values()), None) if desc else None
         self.has_country = ROLE_COUNTRY in self.roles
         self.has_asn = ROLE_ASN in self.roles
+        #: lookups that hit a damaged record in this file
+        self.errors = 0
 
     @classmethod
     def open(cls, path: str | Path, want: str | None = None) -> GeoDatabase:
@@ -498,12 +500,18 @@ class GeoDatabase:
         if not p.is_file():
             what = "is a folder, not a file" if p.is_dir() else "not found"
             raise GeoIPError(f"GeoIP database {p} {what}: {HOWTO}")
+        hint = _what_is(p)
+        if hint is not None:
+            # checked first: a tar holding an .mmdb even opens (maxminddb finds the
+            # inner file's metadata marker) and then answers garbage
+            raise GeoIPError(f"{p} is not a valid MaxMind DB file ({hint}); {HOWTO}")
         try:
             reader = maxminddb.open_database(str(p))
         except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as e:
             raise GeoIPError(
-                f"{p} is not a valid MaxMind DB file (corrupt, truncated or another format: "
-                f"{e}); download it again or {HOWTO}"
+                f"{p} is not a valid MaxMind DB file (corrupt, truncated or another "
+                f"format: {e}); "
+                f"download it again or {HOWTO}"
             ) from e
         except OSError as e:
             raise GeoIPError(f"cannot open GeoIP database {p}: {e.strerror or e}") from e
@@ -540,7 +548,13 @@ class GeoDatabase:
                 version = ip.version
         if version == 6 and self.ip_version == 4:
             return None, None, None  # maxminddb raises on v6 in an IPv4-only file
-        return extract(self.reader.get(ip))
+        try:
+            record = self.reader.get(ip)
+        except (InvalidDatabaseError, ValueError, UnicodeDecodeError):
+            # a damaged record: this file does not know, the rest of the chain may
+            self.errors += 1
+            return None, None, None
+        return extract(record)
 
     def info(self, now: datetime | None = None) -> DatabaseInfo:
         """Build date, age and staleness (older than STALE_DAYS)."""
@@ -561,6 +575,26 @@ class GeoDatabase:
     def close(self) -> None:
         """Unmap the file."""
         self.reader.close()
+
+
+def _what_is(path: Path) -> str | None:
+    """A hint from the first bytes for the usual wrong files, or None."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(512)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\x1f\x8b"):  # gzip magic, RFC 1952 §2.3.1
+        return "it is gzip-compressed: extract the .mmdb from the .tar.gz / .gz first"
+    if head[257:262] == b"ustar":  # POSIX tar header magic at offset 257
+        return "it is a tar archive: extract the .mmdb from it first"
+    if head.startswith(b"PK\x03\x04"):  # zip local file header
+        return "it is a zip archive: extract the .mmdb from it first"
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<?xml", b"{")):
+        return "it is a web page or an API answer, not a database: the download failed"
+    return None
 
 
 def _first_record(reader: maxminddb.Reader) -> Any:
@@ -638,8 +672,7 @@ class GeoChain:
         self.registry = registry
         self.geoip_dir = geoip_dir
         self.cache_size = cache_size
-        #: lookups that failed inside a resolver (corrupt record ...), answered as unknown
-        self.errors = 0
+        self._errors = 0
         self._interned: dict[tuple[object, ...], GeoAnswer] = {}
         self._cached = (
             functools.lru_cache(maxsize=cache_size)(self._resolve) if cache_size > 0 else None
@@ -726,8 +759,17 @@ class GeoChain:
                 return self._cached(addr)
             return self._resolve(addr)
         except Exception:  # a resolver failure must never take a flow down
-            self.errors += 1
+            self._errors += 1
             return _NO_ANSWER
+
+    @property
+    def errors(self) -> int:
+        """Lookups that failed (a caller's non-string, a damaged database record).
+
+        Such lookups are answered as unknown, or by the rest of the chain, and
+        counted here so that a sensor can report them.
+        """
+        return self._errors + sum(db.errors for db in self._dbs)
 
     def _resolve(self, addr: str) -> GeoAnswer:
         parsed = _parse(addr)

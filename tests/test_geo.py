@@ -6,8 +6,11 @@ read back by ``maxminddb``; the registry answers come from the real ``iptocc``.
 
 from __future__ import annotations
 
+import gzip
+import io
 import ipaddress
 import os
+import tarfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -490,14 +493,20 @@ def test_missing_explicit_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _corrupt_variants(tmp_path: Path) -> dict[str, Path]:
-    good = build_lab_db(tmp_path / "good.mmdb").read_bytes()
+    good_path = build_lab_db(tmp_path / "good.mmdb")
+    good = good_path.read_bytes()
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:  # what MaxMind's .tar.gz holds
+        tar.add(good_path, arcname="GeoLite2-Country_20261101/GeoLite2-Country.mmdb")
     variants = {
         "empty": b"",
         "text": b"network,country\n203.0.113.0/24,CN\n",
         "random": os.urandom(4096),
         "truncated": good[: len(good) // 2],  # metadata marker is at the end: gone
         "no-metadata": good.replace(b"\xab\xcd\xefMaxMind.com", b"\x00" * 14),
-        "gzip": b"\x1f\x8b\x08\x00" + os.urandom(100),  # the .tar.gz MaxMind ships
+        "gzip": gzip.compress(archive.getvalue()),
+        "tar": archive.getvalue(),
+        "html": b"<!DOCTYPE html><html><body>401 Unauthorized</body></html>",
     }
     out = {}
     for name, data in variants.items():
@@ -507,14 +516,50 @@ def _corrupt_variants(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("variant", ["empty", "text", "random", "truncated", "no-metadata", "gzip"])
-def test_corrupt_file_is_a_clear_geoip_error(tmp_path: Path, variant: str) -> None:
+@pytest.mark.parametrize(
+    ("variant", "hint"),
+    [
+        ("empty", "empty"),
+        ("text", None),
+        ("random", None),
+        ("truncated", None),
+        ("no-metadata", None),
+        ("gzip", "gzip-compressed: extract the .mmdb"),
+        ("tar", "tar archive"),
+        ("html", "the download failed"),
+    ],
+)
+def test_corrupt_file_is_a_clear_geoip_error(
+    tmp_path: Path, variant: str, hint: str | None
+) -> None:
     path = _corrupt_variants(tmp_path)[variant]
     with pytest.raises(GeoIPError) as e:
         GeoChain.from_paths(country_db=path, geoip_dir=tmp_path)
-    assert str(path) in str(e.value)
-    assert "not a valid MaxMind DB" in str(e.value) or "corrupt" in str(e.value)
-    _howto(str(e.value))
+    message = str(e.value)
+    assert str(path) in message
+    assert "not a valid MaxMind DB" in message
+    if hint:
+        assert hint in message
+    _howto(message)
+
+
+def test_damaged_record_falls_through_to_the_registry(tmp_path: Path) -> None:
+    path = tmp_path / "d.mmdb"
+    write_mmdb(
+        [("8.8.8.0/24", {"country": {"iso_code": "XX"}, "pad": "p" * 64})],
+        path,
+        database_type="GeoLite2-Country",
+    )
+    with maxminddb.open_database(str(path)) as reader:
+        meta = reader.metadata()
+        tree = meta.node_count * meta.record_size * 2 // 8
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"\xab\xcd\xefMaxMind.com")
+    data[tree + 16 : end] = b"\xff" * (end - tree - 16)  # data section: garbage types
+    path.write_bytes(bytes(data))
+    with GeoChain.from_paths(country_db=path, geoip_dir=tmp_path) as chain:
+        assert chain.lookup("8.8.8.8") == GeoAnswer("US", GeoSource.REGISTRY)
+        assert chain.errors == 1  # counted, not raised
 
 
 def test_corrupt_file_in_folder_is_reported(tmp_path: Path) -> None:
