@@ -36,11 +36,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import fnmatch
 import re
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ from egresswatch.model import (
     Action,
     Assessment,
     FindingKind,
+    GeoSource,
     MatchKind,
     Mode,
     PayloadType,
@@ -254,21 +256,53 @@ def _key_pattern(key: str) -> str:
 
 
 class _Glob:
-    """Case-insensitive shell-style patterns; literals are a set lookup, the rest one regex."""
+    """Shell-style patterns (callers lower-case both sides).
 
-    __slots__ = ("literals", "patterns", "regex")
+    The common shapes skip the regex engine: literals are a set lookup, ``*suffix`` and
+    ``prefix*`` one ``str.endswith``/``startswith`` call with a tuple; the rest is one regex.
+    """
+
+    __slots__ = ("literals", "match", "patterns", "prefixes", "regex", "suffixes")
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self.patterns = tuple(patterns)
-        lits = [p for p in self.patterns if not (_GLOB_CHARS & set(p))]
-        globs = [p for p in self.patterns if _GLOB_CHARS & set(p)]
-        self.literals = frozenset(lits)
+        literals: list[str] = []
+        suffixes: list[str] = []
+        prefixes: list[str] = []
+        globs: list[str] = []
+        for p in self.patterns:
+            if not _GLOB_CHARS & set(p):
+                literals.append(p)
+            elif p.startswith("*") and not _GLOB_CHARS & set(p[1:]):
+                suffixes.append(p[1:])
+            elif p.endswith("*") and not _GLOB_CHARS & set(p[:-1]):
+                prefixes.append(p[:-1])
+            else:
+                globs.append(p)
+        self.literals = frozenset(literals)
+        self.suffixes = tuple(suffixes)
+        self.prefixes = tuple(prefixes)
         self.regex = re.compile("|".join(fnmatch.translate(p) for p in globs)) if globs else None
 
-    def match(self, value: str) -> bool:
-        if value in self.literals:
-            return True
-        return self.regex is not None and self.regex.match(value) is not None
+        self.match = self._matcher()
+
+    def _matcher(self) -> Callable[[str], bool]:
+        """The test for these patterns, specialised for the usual one-shape case."""
+        lits, sufs, pres, rx = self.literals, self.suffixes, self.prefixes, self.regex
+        if not (sufs or pres or rx):
+            return lambda v: v in lits
+        if sufs and not (pres or rx):
+            return lambda v: v in lits or v.endswith(sufs)
+
+        def match(v: str) -> bool:
+            return (
+                v in lits
+                or bool(sufs and v.endswith(sufs))
+                or bool(pres and v.startswith(pres))
+                or (rx is not None and rx.match(v) is not None)
+            )
+
+        return match
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,50 +330,166 @@ class Rule:
     #: the matchers as written, for summaries
     written: tuple[tuple[str, Any], ...] = ()
 
+    #: all matchers above as one predicate on _Facts (compiled in __post_init__)
+    test: Callable[[_Facts], bool] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test", _all(_compile_checks(self)))
+
     def matches(self, a: Assessment) -> bool:
         """True when every matcher present matches (lists are any-of)."""
-        if self.service is not None or self.category is not None:
-            match = a.service
-            if match is None or match.kind is not MatchKind.OFFICIAL:
-                return False
-            if self.service is not None and match.service.id not in self.service:
-                return False
-            if self.category is not None and match.service.category not in self.category:
-                return False
-        if (
-            self.operator_country is not None
-            and (a.operator_country or UNKNOWN_COUNTRY) not in self.operator_country
-        ):
-            return False
-        if (
-            self.address_country is not None
-            and (a.geo.country or UNKNOWN_COUNTRY) not in self.address_country
-        ):
-            return False
-        if self.payload is not None and self.payload.isdisjoint(a.payload_types):
-            return False
-        if self.finding is not None and self.finding.isdisjoint(f.kind for f in a.findings):
-            return False
-        if self.flag is not None and self.flag.isdisjoint(a.flags):
-            return False
-        if self.lookalike is not None and self.lookalike != _is_lookalike(a):
-            return False
-        if self.sensor is not None and a.observation.sensor not in self.sensor:
-            return False
-        if self.port is not None:
-            port = a.observation.dst_port
-            if port is None or not any(lo <= port <= hi for lo, hi in self.port):
-                return False
-        if self.host is not None:
-            host = a.host or a.observation.dst_addr
-            if host is None or not self.host.match(host.lower().rstrip(".")):
-                return False
-        if self.client is not None:
-            obs = a.observation
-            values = (obs.client_addr, obs.client_app, obs.client_process)
-            if not any(v is not None and self.client.match(v.lower()) for v in values):
+        return self.test(_Facts(a))
+
+
+class _Facts:
+    """What rules look at, computed once per decision instead of once per rule.
+
+    Enum sets become bit masks: hashing an Enum member runs Python code
+    (``Enum.__hash__``), so a frozenset test per rule would cost more than the rule.
+    """
+
+    __slots__ = (
+        "_host",
+        "_kinds",
+        "_payloads",
+        "a",
+        "address_cc",
+        "lookalike",
+        "official",
+        "operator_cc",
+    )
+
+    def __init__(self, a: Assessment) -> None:
+        self.a = a
+        match = a.service
+        self.official = match.service if match is not None and match.kind is _OFFICIAL else None
+        self.operator_cc = self.official.operator_country if self.official else UNKNOWN_COUNTRY
+        self.address_cc = a.geo.country or UNKNOWN_COUNTRY
+        self.lookalike = (match is not None and match.kind is _LOOKALIKE) or "lookalike" in a.flags
+        self._host: str | None = None
+        self._kinds = -1
+        self._payloads = -1
+
+    # the rest costs more and only some rules look at it: computed on first use
+
+    @property
+    def host(self) -> str:
+        """The name the flow was judged by (or its address), lower-case; '' when neither."""
+        if self._host is None:
+            host = self.a.host or self.a.observation.dst_addr
+            self._host = host.lower().rstrip(".") if host else ""
+        return self._host
+
+    @property
+    def kinds(self) -> int:
+        """Finding kinds as a bit mask (_FINDING_BITS)."""
+        if self._kinds < 0:
+            mask = 0
+            for finding in self.a.findings:
+                mask |= _FINDING_BITS[finding.kind._value_]
+            self._kinds = mask
+        return self._kinds
+
+    @property
+    def payloads(self) -> int:
+        """Payload types as a bit mask (_PAYLOAD_BITS)."""
+        if self._payloads < 0:
+            mask = 0
+            for payload in self.a.payload_types:
+                mask |= _PAYLOAD_BITS[payload._value_]
+            self._payloads = mask
+        return self._payloads
+
+
+_OFFICIAL = MatchKind.OFFICIAL
+_LOOKALIKE = MatchKind.LOOKALIKE
+# keyed by the plain string value, which hashes in C
+_PAYLOAD_BITS = {m.value: 1 << i for i, m in enumerate(PayloadType)}
+_FINDING_BITS = {m.value: 1 << i for i, m in enumerate(FindingKind)}
+_SENSOR_BITS = {m.value: 1 << i for i, m in enumerate(Sensor)}
+
+
+def _mask(bits: Mapping[str, int], members: Iterable[enum.Enum]) -> int:
+    mask = 0
+    for member in members:
+        mask |= bits[member.value]
+    return mask
+
+
+def _compile_checks(r: Rule) -> tuple[Callable[[_Facts], bool], ...]:
+    """One small predicate per matcher present: set lookups, bit masks and string tests."""
+    checks: list[Callable[[_Facts], bool]] = []
+    if r.lookalike is not None:
+        want = r.lookalike
+        checks.append(lambda f: f.lookalike is want)
+    if r.service is not None:
+        ids = r.service
+        checks.append(lambda f: f.official is not None and f.official.id in ids)
+    if r.category is not None:
+        cats = r.category
+        checks.append(lambda f: f.official is not None and f.official.category in cats)
+    if r.operator_country is not None:
+        ops = r.operator_country
+        checks.append(lambda f: f.operator_cc in ops)
+    if r.address_country is not None:
+        addrs = r.address_country
+        checks.append(lambda f: f.address_cc in addrs)
+    if r.sensor is not None:
+        sensors = _mask(_SENSOR_BITS, r.sensor)
+        checks.append(lambda f: bool(_SENSOR_BITS[f.a.observation.sensor._value_] & sensors))
+    if r.port is not None:
+        ranges = r.port
+        checks.append(lambda f: _port_in(f.a.observation.dst_port, ranges))
+    if r.payload is not None:
+        payloads = _mask(_PAYLOAD_BITS, r.payload)
+        checks.append(lambda f: bool(f.payloads & payloads))
+    if r.finding is not None:
+        kinds = _mask(_FINDING_BITS, r.finding)
+        checks.append(lambda f: bool(f.kinds & kinds))
+    if r.flag is not None:
+        flags = r.flag
+        checks.append(lambda f: not flags.isdisjoint(f.a.flags))
+    if r.host is not None:
+        host_match = r.host.match
+        checks.append(lambda f: host_match(f.host))
+    if r.client is not None:
+        client_glob = r.client
+        checks.append(lambda f: _client_in(f.a, client_glob))
+    return tuple(checks)
+
+
+def _all(checks: tuple[Callable[[_Facts], bool], ...]) -> Callable[[_Facts], bool]:
+    """One callable for a rule: its single check itself, or a loop over several."""
+    if not checks:
+        return lambda f: True
+    if len(checks) == 1:
+        return checks[0]
+
+    def test(f: _Facts) -> bool:
+        # a plain loop: about twice as fast as all() over a generator on this hot path
+        for check in checks:  # noqa: SIM110
+            if not check(f):
                 return False
         return True
+
+    return test
+
+
+def _port_in(port: int | None, ranges: tuple[tuple[int, int], ...]) -> bool:
+    if port is None:
+        return False
+    for lo, hi in ranges:  # noqa: SIM110 - hot path, see _all
+        if lo <= port <= hi:
+            return True
+    return False
+
+
+def _client_in(a: Assessment, glob: _Glob) -> bool:
+    obs = a.observation
+    for value in (obs.client_addr, obs.client_app, obs.client_process):
+        if value is not None and glob.match(value.lower()):
+            return True
+    return False
 
 
 def _is_lookalike(a: Assessment) -> bool:
@@ -373,6 +523,17 @@ class Policy:
     groups: Mapping[str, frozenset[str]]
     #: the file the policy came from ("<default>", "<string>" or a path)
     source: str
+    #: rules split by where they apply (``local = true`` rules see only local flows)
+    _local_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
+    _egress_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
+    _approved_text: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_local_rules", tuple(r for r in self.rules if r.local is True))
+        object.__setattr__(
+            self, "_egress_rules", tuple(r for r in self.rules if r.local is not True)
+        )
+        object.__setattr__(self, "_approved_text", ", ".join(self.approved) or "none")
 
     # ---- loading
 
@@ -442,14 +603,17 @@ class Policy:
     def decide(self, assessment: Assessment) -> Verdict:
         """The verdict for one assessment: pure, no I/O."""
         a = assessment
-        if a.geo.is_local:
-            for rule in self.rules:
-                if rule.local is True and rule.matches(a):
-                    return self._rule_verdict(rule, a)
+        if a.geo.source is GeoSource.LOCAL:
+            if self._local_rules:
+                local_facts = _Facts(a)
+                for rule in self._local_rules:
+                    if rule.test(local_facts):
+                        return self._rule_verdict(rule, a)
             return Verdict(Action.ALLOW, "local", _local_reason(a), self.mode)
 
-        for rule in self.rules:
-            if rule.local is True or not rule.matches(a):
+        facts = _Facts(a) if self._egress_rules else None
+        for rule in self._egress_rules:
+            if not rule.test(facts):  # type: ignore[arg-type]  # not None when rules exist
                 continue
             if rule.action is not Action.ALERT:
                 return self._rule_verdict(rule, a)
@@ -488,11 +652,13 @@ class Policy:
                 addr_outside = True
                 best = _stricter(best, (self.outside, "jurisdiction"))
         if best is None:
-            approved = ", ".join(self.approved) or "none"
-            text = f"{_subject(a)} is inside the approved jurisdictions ({approved}): {_cargo(a)}"
+            text = (
+                f"{_subject(a)} is inside the approved jurisdictions ({self._approved_text}): "
+                f"{_cargo(a)}"
+            )
             return Verdict(self.default_action, "default", text, self.mode)
         action, rule = best
-        approved = ", ".join(self.approved) or "none"
+        approved = self._approved_text
         if rule == "jurisdiction":
             if op_outside:
                 text = f"{_subject(a)} is outside the approved jurisdictions ({approved})"
@@ -575,9 +741,10 @@ def _subject(a: Assessment) -> str:
 
 def _cargo(a: Assessment) -> str:
     """'chat-prompt carrying email j***@example.com to 203.0.113.10 (CN)'."""
-    what = ", ".join(p.value for p in a.payload_types) or "traffic"
+    # PayloadType and FindingKind are StrEnums: their members are the strings themselves
+    what = ", ".join(a.payload_types) or "traffic"
     if a.findings:
-        shown = [f"{f.kind.value} {f.redacted}" for f in a.findings[:_REASON_FINDINGS]]
+        shown = [f.kind + " " + f.redacted for f in a.findings[:_REASON_FINDINGS]]
         more = len(a.findings) - len(shown)
         what += " carrying " + ", ".join(shown) + (f" and {more} more" if more > 0 else "")
     return f"{what} {_destination(a)}"
