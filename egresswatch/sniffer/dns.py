@@ -9,7 +9,7 @@ on malformed messages and nothing else.
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -200,8 +200,10 @@ def address_names(message: Message) -> list[tuple[bytes, str, tuple[str, ...], i
 
 
 def addr_text(raw: bytes) -> str:
-    """Raw 4- or 16-byte address as text."""
-    return str(ipaddress.ip_address(raw))
+    """Raw 4- or 16-byte address as text (RFC 5952 form for IPv6, as ``ipaddress`` prints it)."""
+    if len(raw) == 4:
+        return ".".join(map(str, raw))
+    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 class DnsCache:

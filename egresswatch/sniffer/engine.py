@@ -15,6 +15,7 @@ skipped (not IP/TCP/UDP) or as malformed under a reason.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -40,8 +41,8 @@ from egresswatch.sniffer.decode import (
     RST,
     SYN,
     Fragment,
-    Packet,
     decode,
+    tcp_seq,
 )
 from egresswatch.sniffer.flows import Flow, FlowKey, FlowSummary, Stream
 from egresswatch.sniffer.resolvers import DOT_PORT, resolver_by_address, resolver_by_name
@@ -173,7 +174,7 @@ class Sniffer:
         except Exception:  # a decoder bug must not stop capture; count it
             st.malformed["decoder-error"] += 1
             return
-        if type(p) is not Packet:
+        if type(p) is not tuple:
             if isinstance(p, str):
                 if p.startswith("skip:"):
                     st.skipped += 1
@@ -182,45 +183,48 @@ class Sniffer:
             elif isinstance(p, Fragment):
                 self._fragment(p)
             return
-        assert isinstance(p, Packet)
+        # mypy cannot narrow on ``type(p) is tuple`` (Fragment is a tuple too); the check above
+        # is the cheapest one on the hot path
+        src, dst, proto, sport, dport, flags, l4, start, end, frag, vlan = p  # type: ignore[misc]
         if ts > self.now:
             self.now = ts
             if ts >= self._next_sweep:
                 self._next_sweep = ts + self.config.sweep_interval
                 self.sweep(ts)
-        proto = p.proto
-        key = (proto, p.src, p.sport, p.dst, p.dport)
         flows = self.flows
-        f = flows.get(key)
+        f = flows.get((proto, src, sport, dst, dport))
         outbound = True
         if f is None:
-            f = flows.get((proto, p.dst, p.dport, p.src, p.sport))
+            f = flows.get((proto, dst, dport, src, sport))
             if f is None:
-                f, outbound = self._new_flow(p, ts)
+                f, outbound = self._new_flow(proto, src, sport, dst, dport, flags, vlan, ts)
             else:
                 outbound = False
         f.last = ts
-        plen = p.end - p.start
+        plen = end - start
         if outbound:
             f.pkts_out += 1
             f.bytes_out += plen
         else:
             f.pkts_in += 1
             f.bytes_in += plen
-        if p.frag is not None:
+        if frag is not None:
             st.fragments += 1
             if len(self._frags) > 4096:
                 self._frags.clear()
-            self._frags[(p.src, p.dst, proto, p.frag[2])] = (f, outbound)
+            self._frags[(src, dst, proto, frag[2])] = (f, outbound)
         if (
             proto == PROTO_TCP
-            and p.flags & (SYN | FIN | RST)
-            and self._tcp_flags(f, p, outbound, ts)
+            and flags & (SYN | FIN | RST)
+            and self._tcp_flags(f, flags, tcp_seq(data, l4), outbound, ts)
         ):
             return
         if f.parsing and plen:
             try:
-                self._payload(f, p, data, outbound, ts)
+                if proto == PROTO_TCP:
+                    self._tcp_payload(f, tcp_seq(data, l4), data[start:end], outbound, ts)
+                else:
+                    self._udp_payload(f, data[start:end], outbound, ts)
             except Exception:  # a parser bug must not stop capture; count it, stop parsing
                 log.debug("parser error on flow %r", f.key, exc_info=True)
                 st.malformed["parser-error"] += 1
@@ -230,30 +234,40 @@ class Sniffer:
 
     # -- flows ----------------------------------------------------------------------------
 
-    def _new_flow(self, p: Packet, ts: float) -> tuple[Flow, bool]:
+    def _new_flow(
+        self,
+        proto: int,
+        src: bytes,
+        sport: int,
+        dst: bytes,
+        dport: int,
+        flags: int,
+        vlan: int,
+        ts: float,
+    ) -> tuple[Flow, bool]:
         """Create a flow oriented client → server; returns (flow, packet is outbound)."""
-        if p.proto == PROTO_TCP and p.flags & SYN:
-            outbound = not p.flags & 0x10  # SYN+ACK comes from the server
+        if proto == PROTO_TCP and flags & SYN:
+            outbound = not flags & 0x10  # SYN+ACK comes from the server
         else:
-            outbound = not _server_side(p.sport, p.dport)
+            outbound = not _server_side(sport, dport)
         if outbound:
-            key: FlowKey = (p.proto, p.src, p.sport, p.dst, p.dport)
+            key: FlowKey = (proto, src, sport, dst, dport)
         else:
-            key = (p.proto, p.dst, p.dport, p.src, p.sport)
+            key = (proto, dst, dport, src, sport)
         flows = self.flows
         if len(flows) >= self.config.max_flows:
             oldest = next(iter(flows))
             self.stats.evictions += 1
             self._finish(flows.pop(oldest), ts, "evicted")
         f = Flow(key, ts)
-        f.vlan = p.vlan
+        f.vlan = vlan
         flows[key] = f
         self.stats.flows_created += 1
         f.dns_res = self.dns.lookup(f.server, ts)
         if f.dns_res is not None:
             self.stats.names["dns"] += 1
         if f.sport == DOT_PORT:
-            f.encrypted_dns = "dot" if p.proto == PROTO_TCP else "doq"
+            f.encrypted_dns = "dot" if proto == PROTO_TCP else "doq"
             f.resolver = resolver_by_address(f.server) or (
                 resolver_by_name(f.dns_res.name) if f.dns_res else None
             )
@@ -265,9 +279,8 @@ class Sniffer:
                 f.encrypted_dns, f.resolver = "doh", op
         return f, outbound
 
-    def _tcp_flags(self, f: Flow, p: Packet, outbound: bool, ts: float) -> bool:
+    def _tcp_flags(self, f: Flow, fl: int, seq: int, outbound: bool, ts: float) -> bool:
         """Track TCP state; True if the flow was finished by this packet."""
-        fl = p.flags
         if fl & RST:
             if f.state != "closed":
                 f.state = "reset"
@@ -276,11 +289,11 @@ class Sniffer:
         if fl & SYN:
             if outbound and f.state == "new":
                 f.state = "syn"
-                f.cstream = Stream((p.seq + 1) & 0xFFFFFFFF)
+                f.cstream = Stream((seq + 1) & 0xFFFFFFFF)
             elif not outbound and f.state in ("new", "syn"):
                 f.state = "established"
                 if f.app == "dns" or f.sport in DNS_PORTS:
-                    f.sstream = Stream((p.seq + 1) & 0xFFFFFFFF)
+                    f.sstream = Stream((seq + 1) & 0xFFFFFFFF)
         if fl & FIN:
             f.fins |= 1 if outbound else 2
             if f.fins == 3 and f.state != "closed":
@@ -371,11 +384,7 @@ class Sniffer:
 
     # -- payload ----------------------------------------------------------------------------
 
-    def _payload(self, f: Flow, p: Packet, data: bytes, outbound: bool, ts: float) -> None:
-        payload = data[p.start : p.end]
-        if f.proto == PROTO_TCP:
-            self._tcp_payload(f, p, payload, outbound, ts)
-            return
+    def _udp_payload(self, f: Flow, payload: bytes, outbound: bool, ts: float) -> None:
         if f.sport in DNS_PORTS or (f.cport in DNS_PORTS and f.app == "dns"):
             f.app = "dns"
             self._dns_message(f, payload, outbound, ts, "udp")
@@ -392,14 +401,14 @@ class Sniffer:
         if not f.judged:
             self._judge(f, ts)
 
-    def _tcp_payload(self, f: Flow, p: Packet, payload: bytes, outbound: bool, ts: float) -> None:
+    def _tcp_payload(self, f: Flow, seq: int, payload: bytes, outbound: bool, ts: float) -> None:
         if not payload:
             return
         if not outbound:
             if f.app == "dns":
                 if f.sstream is None:
-                    f.sstream = Stream(p.seq)
-                if f.sstream.add(p.seq, payload):
+                    f.sstream = Stream(seq)
+                if f.sstream.add(seq, payload):
                     self._dns_tcp(f, f.sstream, False, ts)
             elif f.app == "http" and not f.judged:
                 self._judge(f, ts)  # the server answers: the request head is all we get
@@ -410,14 +419,14 @@ class Sniffer:
             return
         s = f.cstream
         if s is None:
-            s = f.cstream = Stream(p.seq)
+            s = f.cstream = Stream(seq)
         if f.app == "http" and f.judged:
             # later requests on a kept-alive connection: record their request lines only
             if httpmod.looks_like_request(payload) and len(f.http_lines) < 32:
                 line = payload.split(b"\r\n", 1)[0][:512].decode("latin-1")
                 f.http_lines.append(line)
             return
-        if not s.add(p.seq, payload):
+        if not s.add(seq, payload):
             return
         buf = s.buf
         if f.app is None:
@@ -599,10 +608,11 @@ class Sniffer:
         f.judged = True
         if f.app is None:
             f.app = "raw"
+        if self.inspect is None:  # extraction only: no Observation to build
+            f.flow_id = uuid.uuid4().hex
+            return
         obs = self.observation(f, ts, stage)
         f.flow_id = obs.flow_id
-        if self.inspect is None:
-            return
         try:
             decision = self.inspect(obs)
         except Exception:
