@@ -690,7 +690,8 @@ color:var(--ink);background:var(--bg)}
 header{padding:20px 32px 8px}
 h1{font-size:22px;margin:0}
 h2{font-size:16px;margin:24px 0 8px}
-.sub{color:var(--muted)}
+.sub{color:var(--muted);font-size:12px;margin-bottom:6px}
+header .sub{font-size:14px}
 main{padding:0 32px 40px;max-width:1280px}
 .cards{display:flex;gap:12px;flex-wrap:wrap;margin:12px 0}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:10px 16px;
@@ -735,6 +736,10 @@ function el(name,attrs,parent,text){var e=document.createElementNS(NS,name);
  if(parent){parent.appendChild(e);} return e;}
 function bytes(n){var u=["B","KiB","MiB","GiB","TiB"],i=0;while(n>=1024&&i<u.length-1){n/=1024;i++;}
  return (i?n.toFixed(1):n.toFixed(0))+" "+u[i];}
+function nice(n){var p=Math.pow(10,Math.floor(Math.log10(n))),f=n/p;
+ var steps=[1,1.2,1.5,2,2.5,3,4,5,6,8,10];
+ for(var i=0;i<steps.length;i++){if(f<=steps[i]){return Math.round(steps[i]*p*100)/100;}}
+ return 10*p;}
 function svgIn(id,h){var host=document.getElementById(id);host.textContent="";
  var w=Math.max(320,host.clientWidth||640);
  var s=el("svg",{width:w,height:h,viewBox:"0 0 "+w+" "+h,role:"img"},host);return [s,w];}
@@ -800,6 +805,7 @@ function timeline(){
  for(var t=lo;t<=hi&&cols.length<400;t+=size){cols.push(t);}
  var max=1;cols.forEach(function(t){var m=0,o=by[t]||{};V.forEach(function(v){m+=o[v]||0;});
   max=Math.max(max,m);});
+ max=nice(max);
  var h=200,bottom=22,left=40;
  var r=svgIn("chart-time",h+bottom),s=r[0],w=r[1],cw=(w-left)/cols.length;
  [0,0.5,1].forEach(function(f){var y=h-(h-10)*f;
@@ -850,12 +856,15 @@ _HTML = """<!doctype html>
 <span><i style="background:var(--block)"></i>block</span></div>
 <div class="grid">
 <section class="panel"><h2>Egress by destination country</h2>
+<div class="sub">Bar length: bytes sent to addresses in that country; colour: verdict.</div>
 <div id="chart-country" class="chart"><noscript>Charts need JavaScript; the tables below
 have the same numbers.</noscript></div></section>
 <section class="panel"><h2>Flows by service and payload type</h2>
+<div class="sub">Service · legal home of its operator. A flow can carry several types.</div>
 <div id="chart-service" class="chart"></div></section>
 </div>
 <section class="panel"><h2>Verdicts over time</h2>
+<div class="sub" id="time-caption">Flows per time bucket, stacked by verdict.</div>
 <div id="chart-time" class="chart"></div></section>
 %%TABLES%%
 </main>
