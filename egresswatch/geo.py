@@ -436,40 +436,55 @@ def extract(record: Any) -> tuple[str | None, int | None, str | None]:
     IPinfo Lite: ``country_code``, ``asn`` ("AS13335"), ``as_name``; IPinfo's
     older country_asn file: ``country`` as a two-letter code.
     """
-    if not isinstance(record, dict):
-        return None, None, None
-    country: Any = record.get("country_code")
+    # exact type checks and the GeoLite2 layout first: this runs on every
+    # uncached lookup, and isinstance/regex chains cost microseconds here
+    if type(record) is not dict:
+        return _NOTHING
+    get = record.get
+    country: Any = None
+    c = get("country")
+    if type(c) is dict:
+        country = c.get("iso_code")
     if country is None:
-        c = record.get("country")
-        if isinstance(c, dict):
-            country = c.get("iso_code")
-        elif isinstance(c, str) and len(c) == 2:
-            country = c
-    if country is None:
-        rc = record.get("registered_country")
-        if isinstance(rc, dict):
-            country = rc.get("iso_code")
-    if not (isinstance(country, str) and len(country) == 2 and country.isalpha()):
-        country = None
+        country = get("country_code")
+        if country is None:
+            if type(c) is str and len(c) == 2:
+                country = c
+            else:
+                rc = get("registered_country")
+                if type(rc) is dict:
+                    country = rc.get("iso_code")
+    if country is not None:
+        if type(country) is str and len(country) == 2 and country.isalpha():
+            country = country.upper()
+        else:
+            country = None
+    asn: Any = get("autonomous_system_number")
+    org: Any = None
+    if asn is not None:
+        org = get("autonomous_system_organization")
     else:
-        country = country.upper()
-    source = record
-    traits = record.get("traits")
-    if "autonomous_system_number" not in record and isinstance(traits, dict):
-        source = traits
-    asn: Any = source.get("autonomous_system_number")
-    org: Any = source.get("autonomous_system_organization")
-    if asn is None and "asn" in record:
-        asn = record["asn"]
-        org = record.get("as_name")
-        if isinstance(asn, str):
-            m = _ASN_RE.match(asn)
-            asn = int(m.group(1)) if m else None
-    if not isinstance(asn, int) or isinstance(asn, bool):
+        traits = get("traits")
+        if type(traits) is dict and "autonomous_system_number" in traits:
+            asn = traits.get("autonomous_system_number")
+            org = traits.get("autonomous_system_organization")
+        else:
+            asn = get("asn")
+            if asn is not None:
+                org = get("as_name")
+                if type(asn) is str:
+                    m = _ASN_RE.match(asn)
+                    asn = int(m.group(1)) if m else None
+    if type(asn) is not int:
         asn = None
-    if not isinstance(org, str) or not org:
+    if type(org) is not str or not org:
         org = None
+    if country is None and asn is None:
+        return _NOTHING
     return country, asn, org
+
+
+_NOTHING: tuple[None, None, None] = (None, None, None)
 
 
 class GeoDatabase:

@@ -823,3 +823,21 @@ def test_lookup_of_non_strings_does_not_raise(tmp_path: Path) -> None:
         for value in (None, 5, b"1.2.3.4", ["1.2.3.4"], object()):
             assert chain.lookup(value) == GeoAnswer(None, GeoSource.NONE)  # type: ignore[arg-type]
         assert chain.errors == 5  # a caller's bug is counted, never raised
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list('0123456789abcdef:./,#\n" ASCNUSxyz-%')), max_size=120)
+)
+def test_ranges_csv_gives_rows_or_config_error(
+    tmp_path_factory: pytest.TempPathFactory, text: str
+) -> None:
+    path = tmp_path_factory.mktemp("csv") / "r.csv"
+    path.write_text(text)
+    try:
+        rows = geo.read_ranges_csv(path, columns=geo.OVERRIDE_COLUMNS, need_country=False)
+    except ConfigError as e:
+        assert e.path == str(path)
+        return
+    for row in rows:
+        assert row.country is not None or row.label is not None
