@@ -38,6 +38,7 @@ import dataclasses
 import difflib
 import enum
 import fnmatch
+import functools
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -140,7 +141,7 @@ MATCHERS: Mapping[str, str] = {
     "port": "destination ports: numbers or 'low-high' ranges",
     "sensor": "sensors: proxy, sniffer, explain, verify",
     "lookalike": "true: only lookalikes of a catalogued brand; false: never",
-    "local": "true: only local (non-egress) destinations; false: only egress",
+    "local": "true: the rule applies only to local (non-egress) destinations",
 }
 _RULE_KEYS = frozenset({"name", "action", "reason", *MATCHERS})
 _TOP_KEYS = frozenset(
@@ -223,6 +224,11 @@ class _Locator:
             for number in range(first, last + 1):
                 if pattern.match(self.lines[number - 1]):
                     return self._item_line(number, last, item) if item is not None else number
+        if table is None and key is not None:
+            # `[rules]` written where `[[rules]]` was meant, `[mode]` ...: the header's line
+            for number, name, _ in self.headers:
+                if name == key or name.startswith(key + "."):
+                    return number
         if table is not None and index is None:
             # dotted keys at the top level: `unknown.address = ...`, `unknown = {...}`
             dotted = f"{table}.{key}" if key else table
@@ -527,6 +533,7 @@ class Policy:
     _local_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
     _egress_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
     _approved_text: str = field(init=False, repr=False, compare=False, default="")
+    _passthrough: _Glob | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_local_rules", tuple(r for r in self.rules if r.local is True))
@@ -534,6 +541,8 @@ class Policy:
             self, "_egress_rules", tuple(r for r in self.rules if r.local is not True)
         )
         object.__setattr__(self, "_approved_text", ", ".join(self.approved) or "none")
+        if self.passthrough_hosts:
+            object.__setattr__(self, "_passthrough", _Glob(self.passthrough_hosts))
 
     # ---- loading
 
@@ -577,9 +586,7 @@ class Policy:
 
     @classmethod
     def _shipped(cls, name: str) -> Policy:
-        ref = resources.files("egresswatch").joinpath("data", name)
-        policy = cls.from_text(ref.read_text(encoding="utf-8"), source=str(ref))
-        return policy
+        return _shipped(name)
 
     def with_mode(self, mode: Mode | str) -> Policy:
         """The same policy in another mode (``--mode`` on the command line)."""
@@ -594,9 +601,9 @@ class Policy:
 
     def is_passthrough(self, host: str | None) -> bool:
         """True when the host is listed for TLS pass-through (globs, case-insensitive)."""
-        if not host or not self.passthrough_hosts:
+        if not host or self._passthrough is None:
             return False
-        return _Glob(self.passthrough_hosts).match(host.lower().rstrip("."))
+        return self._passthrough.match(host.lower().rstrip("."))
 
     # ---- deciding
 
@@ -716,10 +723,20 @@ class Policy:
         }
 
 
+@functools.cache
+def _shipped(name: str) -> Policy:
+    """A shipped policy, parsed once per process (policies are immutable)."""
+    ref = resources.files("egresswatch").joinpath("data", name)
+    return Policy.from_text(ref.read_text(encoding="utf-8"), source=str(ref))
+
+
 def _stricter(
     current: tuple[Action, str] | None, candidate: tuple[Action, str]
 ) -> tuple[Action, str]:
     if current is None or candidate[0].severity > current[0].severity:
+        return candidate
+    # on a tie a known country outside the approved set says more than "unknown"
+    if candidate[0] is current[0] and candidate[1] == "jurisdiction":
         return candidate
     return current
 

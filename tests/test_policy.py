@@ -240,6 +240,13 @@ RULE_CASES = [
         "alert",
         "local-secrets",
     ),
+    # a `local = true` rule never sees egress: the next matching rule does
+    (
+        "egress-private-key",
+        assess("api.openai.com", "198.51.100.1", "US", service="openai", findings=("private-key",)),
+        "alert",
+        "secrets",
+    ),
     (
         "local-cn-operator-not-egress",
         assess(service="deepseek", addr="10.0.0.5", local=True),
@@ -837,6 +844,7 @@ ERROR_CASES = [
         "no scheme",
     ),
     ("rules-not-tables", 'approved = []\nrules = ["a"]\n', 2, "rules", "[[rules]]"),
+    ("rules-single-table", 'approved = []\n\n[rules]\nname = "a"\n', 3, "rules", "[[rules]]"),
     (
         "rule-unknown-field",
         _t("""
@@ -1121,3 +1129,79 @@ def test_any_assessment_gets_one_sentence_verdict(a: object) -> None:
             verdict.rule,
             verdict.reason,
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "a", "action", "rule"),
+    [
+        # outside / default / unknown settings change the built-in answers
+        (
+            'approved = ["EU"]\noutside = "alert"\n',
+            assess(service="deepseek"),
+            "alert",
+            "jurisdiction",
+        ),
+        ('approved = ["CN"]\ndefault = "alert"\n', assess(service="deepseek"), "alert", "default"),
+        # without [unknown], unknown is blocked
+        (
+            'approved = ["US"]\n',
+            assess("example.org", "198.51.100.1", "US"),
+            "block",
+            "unknown-operator",
+        ),
+        (
+            'approved = ["US"]\n',
+            assess("api.openai.com", "198.51.100.1", None, service="openai"),
+            "block",
+            "unknown-address",
+        ),
+        # unknown operator and outside address: the stricter wins, the tie goes to jurisdiction
+        (
+            'approved = ["US"]\n[unknown]\noperator = "block"\n',
+            assess("example.org", "203.0.113.1", "CN"),
+            "block",
+            "jurisdiction",
+        ),
+        (
+            'approved = ["US"]\noutside = "alert"\n[unknown]\noperator = "block"\n',
+            assess("example.org", "203.0.113.1", "CN"),
+            "block",
+            "unknown-operator",
+        ),
+        # an alert rule on a flow the checks allow keeps the rule's name
+        (
+            'approved = ["US"]\n[[rules]]\nname = "watch"\naction = "alert"\n'
+            'host = "*.openai.com"\n',
+            assess("api.openai.com", "198.51.100.1", "US", service="openai"),
+            "alert",
+            "watch",
+        ),
+        # a catch-all rule (no matchers) decides everything that is egress
+        (
+            'approved = []\n[[rules]]\nname = "all"\naction = "allow"\n',
+            assess(service="deepseek"),
+            "allow",
+            "all",
+        ),
+        (
+            'approved = []\n[[rules]]\nname = "all"\naction = "block"\n',
+            assess("localhost", "127.0.0.1", None, local=True),
+            "allow",
+            "local",
+        ),
+        (
+            'approved = []\n[[rules]]\nname = "eg"\naction = "allow"\nlocal = false\n',
+            assess(service="deepseek"),
+            "allow",
+            "eg",
+        ),
+    ],
+)
+def test_settings_change_builtin_answers(text: str, a: object, action: str, rule: str) -> None:
+    verdict = Policy.from_text(text).decide(a)  # type: ignore[arg-type]
+    assert (verdict.action.value, verdict.rule) == (action, rule), verdict.reason
+
+
+def test_shipped_policies_are_parsed_once() -> None:
+    assert Policy.default() is Policy.default()
+    assert Policy.example() is Policy.example()
