@@ -51,14 +51,18 @@ def client_hello(
     alpn: Sequence[str] = ("h2", "http/1.1"),
     *,
     ech: bool = False,
-    key_share: int = 1216 + 32,
+    key_share: int = 1216,
     quic: bool = False,
+    grease_ech: bool = False,
     padding_to: int = 0,
 ) -> bytes:
     """A TLS 1.3 ClientHello handshake message (type 1 + 3-byte length + body).
 
-    ``key_share`` bytes of key material model X25519MLKEM768 (1216 + 32 bytes,
-    draft-ietf-tls-ecdhe-mlkem §4), which pushes the hello past one TCP segment.
+    Shaped like a current browser's: an X25519MLKEM768 key share of ``key_share``
+    bytes (1184-byte ML-KEM-768 key + 32-byte X25519, draft-ietf-tls-ecdhe-mlkem
+    §4.1) next to a plain X25519 share, signature algorithms, and the GREASE ECH
+    extension browsers send when they have no ECH config (draft-ietf-tls-esni
+    §6.2); together past one 1460-byte TCP segment.
     """
     exts = b""
     if sni is not None:
@@ -71,8 +75,11 @@ def client_hello(
         lst = b"".join(bytes([len(p)]) + p.encode() for p in alpn)
         exts += _ext(0x0010, _u16(len(lst)) + lst)
     ks = _u16(0x11EC) + _u16(key_share) + os.urandom(key_share)  # X25519MLKEM768 share
+    ks += _u16(0x001D) + _u16(32) + os.urandom(32)  # X25519 share
     exts += _ext(0x0033, _u16(len(ks)) + ks)
-    if ech:
+    sigalgs = bytes.fromhex("0403080404010503080505010806060102010201")
+    exts += _ext(0x000D, _u16(len(sigalgs)) + sigalgs)  # signature_algorithms
+    if ech or grease_ech:
         # outer ECH: type outer(0), KDF/AEAD ids, config id, enc, payload (draft-ietf-tls-esni §5)
         payload = os.urandom(200)
         body = b"\x00" + _u16(1) + _u16(1) + b"\x07" + _u16(32) + os.urandom(32)
@@ -351,3 +358,34 @@ def write_pcap(
         t += step
     w.close()
     return path
+
+
+# ---------------------------------------------------------------- feeding and fakes
+
+
+def feed(sniffer: object, packets: Iterable[Packet | bytes], *, t0: float = 1000.0,
+         step: float = 0.001, linktype: int = 1) -> float:
+    """Feed packets to a sniffer with increasing timestamps; returns the last timestamp."""
+    t = t0
+    for p in packets:
+        sniffer.feed(t, p if isinstance(p, bytes) else bytes(p), linktype)  # type: ignore[attr-defined]
+        t += step
+    return t
+
+
+class RecordingSink:
+    """A Sink (egresswatch.ports.Sink) that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.decisions: list[object] = []
+        self.closed: list[object] = []
+        self.closed_calls = 0
+
+    def record(self, decision: object) -> None:
+        self.decisions.append(decision)
+
+    def flow_closed(self, event: object) -> None:
+        self.closed.append(event)
+
+    def close(self) -> None:
+        self.closed_calls += 1
