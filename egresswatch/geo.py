@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import iptocc
 import maxminddb
@@ -38,6 +38,9 @@ from maxminddb.errors import InvalidDatabaseError
 
 from egresswatch.errors import ConfigError, GeoIPError
 from egresswatch.model import GeoAnswer, GeoSource
+
+if TYPE_CHECKING:
+    from egresswatch.ports import GeoResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -96,7 +99,7 @@ LOCAL_NETWORKS: tuple[tuple[str, str], ...] = (
 _NAT64_PREFIX = int(ipaddress.IPv6Address("64:ff9b::")) >> 32
 
 
-class _PrefixTable[V]:
+class PrefixTable[V]:
     """Longest-prefix match over a few networks: one dict probe per distinct prefix length.
 
     A handful of prefix lengths make this a few hundred nanoseconds, with no
@@ -131,7 +134,7 @@ class _PrefixTable[V]:
 
 
 _LOCAL_BLOCKS = tuple(ipaddress.ip_network(net) for net, _ in LOCAL_NETWORKS)
-_LOCAL = _PrefixTable(zip(_LOCAL_BLOCKS, (reason for _, reason in LOCAL_NETWORKS), strict=True))
+_LOCAL = PrefixTable(zip(_LOCAL_BLOCKS, (reason for _, reason in LOCAL_NETWORKS), strict=True))
 
 
 _AF_INET = socket.AF_INET
@@ -348,7 +351,7 @@ class Overrides:
         self.rows = tuple(rows)
         self.path = path
         for row in self.rows:
-            if row.country and _network_is_local(row.network):
+            if row.country and network_is_local(row.network):
                 raise ConfigError(
                     f"{row.network} is a local range ({local_reason(row.network.network_address)})"
                     "; it stays local: give it a label, not a country",
@@ -356,7 +359,7 @@ class Overrides:
                     line=row.line or None,
                     field="country",
                 )
-        self._table = _PrefixTable((row.network, row) for row in self.rows)
+        self._table = PrefixTable((row.network, row) for row in self.rows)
 
     @classmethod
     def load(cls, path: str | Path) -> Overrides:
@@ -376,8 +379,8 @@ class Overrides:
         return len(self.rows)
 
 
-def _network_is_local(net: IPNetwork) -> bool:
-    """True when the whole network lies inside one local block."""
+def network_is_local(net: IPNetwork) -> bool:
+    """True when the whole network lies inside one local block (see LOCAL_NETWORKS)."""
     return any(
         net.version == block.version and net.subnet_of(block)  # type: ignore[arg-type]
         for block in _LOCAL_BLOCKS
@@ -1008,3 +1011,7 @@ def registry_version() -> str:
         return version("iptocc")
     except PackageNotFoundError:
         return "unknown"
+
+
+if TYPE_CHECKING:  # mypy: GeoChain satisfies the port the inspector takes
+    _resolver: GeoResolver = GeoChain()

@@ -295,3 +295,17 @@ def test_real_process_build_then_lookup_json(tmp_path: Path) -> None:
         ("US", 64501, "mmdb"),
         (None, None, "local"),
     ]
+
+
+def test_build_notes_local_ranges_but_writes_them(tmp_path: Path) -> None:
+    csv_path = tmp_path / "r.csv"
+    csv_path.write_text("network,country\n10.0.0.0/8,CN\n192.0.2.0/24,DE\n")
+    out = tmp_path / "out.mmdb"
+    result = run("build", "--csv", csv_path, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "line 2: 10.0.0.0/8 is a local range" in result.stdout
+    assert "192.0.2.0/24" not in result.stdout.split("wrote", 1)[1].split("\n", 1)[1]
+    with maxminddb.open_database(str(out)) as reader:
+        assert reader.get("10.1.2.3") == {"country": {"iso_code": "CN"}}  # other readers see it
+    looked = run("lookup", "--json", "--country-db", out, "--geoip-dir", tmp_path, "10.1.2.3")
+    assert json.loads(looked.stdout)[0]["source"] == "local"

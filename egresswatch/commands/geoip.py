@@ -273,9 +273,16 @@ def build(csv_path: Path, output: Path, database_type: str, description: str) ->
         geo.iter_rows(rows), output, database_type=database_type, description=description
     )
     _verify(output, rows)
-    Console(soft_wrap=True).print(
+    console = Console(soft_wrap=True)
+    console.print(
         Text.assemble(("wrote ", "green"), f"{output}: {count} networks, type {database_type!r}")
     )
+    for row in rows:
+        if geo.network_is_local(row.network):
+            console.print(
+                f"[yellow]note:[/yellow] line {row.line}: {row.network} is a local range; "
+                "egresswatch answers 'local' for it whatever the file says"
+            )
 
 
 def _verify(path: Path, rows: list[geo.RangeRow]) -> None:
@@ -284,7 +291,7 @@ def _verify(path: Path, rows: list[geo.RangeRow]) -> None:
     Where networks nest, the first address of the wider one may belong to a
     narrower one, so the expected row is the most specific one containing it.
     """
-    expected = geo.Overrides(rows)  # the same longest-prefix rule the file follows
+    expected = geo.PrefixTable((row.network, row) for row in rows)  # most specific wins
     db = geo.GeoDatabase.open(path)
     try:
         for row in rows:
