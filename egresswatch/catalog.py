@@ -109,6 +109,11 @@ _BRAND_RE = re.compile(r"[a-z0-9]{4,63}\Z")
 _LABEL_RE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")
 _PATTERN_LABEL_RE = re.compile(r"(?:\*|[a-z0-9_*](?:[a-z0-9_*-]{0,61}[a-z0-9_*])?)\Z")
 _TOML_LINE_RE = re.compile(r"at line (\d+)")
+# A whole host already in canonical form: lower-case labels, no port, no trailing dot.
+_PLAIN_HOST_RE = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
+)
+_ALL_DIGITS_RE = re.compile(r"[0-9.]*\Z")  # dotted digits: an address, normalised by ipaddress
 
 
 # --------------------------------------------------------------------- hosts
@@ -122,15 +127,18 @@ def normalize_host(name: str) -> str | None:
     ``ореnai.com`` in Cyrillic becomes ``xn--...``). Addresses come back in
     their compressed standard form.
     """
+    if not isinstance(name, str):
+        return None
+    if len(name) <= 253 and _PLAIN_HOST_RE.match(name) and not _ALL_DIGITS_RE.match(name):
+        return name  # fast path: already canonical (the common case on the hot path)
     try:
-        return _normalize(name)
+        return _normalize_cached(name)
     except Exception:  # any odd input is garbage, never an exception (ports.py)
         return None
 
 
-def _normalize(name: str) -> str | None:
-    if not isinstance(name, str):
-        return None
+@functools.lru_cache(maxsize=16384)
+def _normalize_cached(name: str) -> str | None:
     host = name.strip()
     if not host or len(host) > 1024:
         return None
