@@ -335,6 +335,8 @@ class Rule:
     local: bool | None = None
     #: the matchers as written, for summaries
     written: tuple[tuple[str, Any], ...] = ()
+    #: (matcher, value, line) of each catalog reference (service ids, categories)
+    references: tuple[tuple[str, str, int | None], ...] = ()
 
     #: all matchers above as one predicate on _Facts (compiled in __post_init__)
     test: Callable[[_Facts], bool] = field(init=False, repr=False, compare=False)
@@ -687,6 +689,32 @@ class Policy:
         return Verdict(action, rule, f"{text}: {_cargo(a)}", self.mode)
 
     # ---- describing
+
+    def unknown_references(
+        self, services: Iterable[str], categories: Iterable[str]
+    ) -> list[ConfigError]:
+        """Rule service ids and categories a catalog does not know: typos that never match.
+
+        Not raised: the caller (``policy check``) decides whether they are warnings or
+        errors, because a policy may be written for a catalog with user entries.
+        """
+        known = {"service": set(services), "category": set(categories)}
+        problems: list[ConfigError] = []
+        for number, rule in enumerate(self.rules, 1):
+            for key, value, line in rule.references:
+                if value in known[key]:
+                    continue
+                what = "service id" if key == "service" else "category"
+                problems.append(
+                    ConfigError(
+                        f"{value!r} is not a {what} in the catalog, so this never matches"
+                        + _did_you_mean(value, known[key]),
+                        path=self.source,
+                        line=line,
+                        field=f"rules[{number}].{key}",
+                    )
+                )
+        return problems
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description of the effective policy (``policy check``, banners)."""
@@ -1171,12 +1199,19 @@ class _Builder:
                 )
             written.append((key, items))
             compiled[key] = self.matcher(key, items, f, kw)
+        references = tuple(
+            (key, item, self.loc.find("rules", key, index, item))
+            for key, items in written
+            if key in ("service", "category")
+            for item in items
+        )
         return Rule(
             name=name,
             action=action,
             line=header,
             reason=reason.strip() if isinstance(reason, str) else None,
             written=tuple(written),
+            references=references,
             **compiled,
         )
 

@@ -178,3 +178,70 @@ def test_installed_console_script(bad_file: Path) -> None:
     )
     assert bad.returncode == 3
     assert bad.stderr.startswith(f"egresswatch: error: {bad_file}:7: rules[1].payload:")
+
+
+TYPO = """\
+approved = ["EU"]
+[[rules]]
+name = "a"
+action = "block"
+service = ["deepsek-api", "lab-llm"]
+"""
+
+USER_CATALOG = """\
+schema = 1
+
+[[service]]
+id = "lab-llm"
+name = "Lab LLM"
+operator = "Example Lab GmbH"
+operator_country = "DE"
+category = "chat-api"
+domains = ["llm.lab.example"]
+"""
+
+
+@pytest.fixture
+def typo_file(tmp_path: Path) -> Path:
+    path = tmp_path / "typo.toml"
+    path.write_text(TYPO)
+    return path
+
+
+def test_check_warns_about_unknown_service_ids(typo_file: Path) -> None:
+    code, out, err = run("policy", "check", str(typo_file))
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert lines == [
+        f"egresswatch: warning: {typo_file}:5: rules[1].service: 'deepsek-api' is not a service "
+        "id in the catalog, so this never matches; did you mean 'deepseek-api'?",
+        f"egresswatch: warning: {typo_file}:5: rules[1].service: 'lab-llm' is not a service "
+        "id in the catalog, so this never matches",
+    ]
+    assert "2 warnings" in out
+
+
+def test_check_user_catalog_and_strict(typo_file: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "lab-catalog.toml"
+    catalog.write_text(USER_CATALOG)
+    code, _, err = run("policy", "check", "--catalog", str(catalog), str(typo_file))
+    assert code == 0
+    assert "lab-llm" not in err and "deepsek-api" in err
+    code, _, err = run("policy", "check", "--strict", "--catalog", str(catalog), str(typo_file))
+    assert code == 3
+    assert err.strip().splitlines()[-1] == (
+        f"egresswatch: error: {typo_file}: 1 rule reference(s) the catalog does not know (--strict)"
+    )
+    code, out, _ = run("policy", "check", "--strict", "--json", str(typo_file))
+    assert code == 3
+    data = json.loads(out)
+    assert data["valid"] is False
+    assert [w["line"] for w in data["warnings"]] == [5, 5]
+
+
+def test_check_bad_user_catalog_exits_3(typo_file: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "bad-catalog.toml"
+    catalog.write_text("schema = 1\n[[service]]\nid = 'x'\n")
+    code, _, err = run("policy", "check", "--catalog", str(catalog), str(typo_file))
+    assert code == 3
+    assert str(catalog) in err

@@ -1205,3 +1205,37 @@ def test_settings_change_builtin_answers(text: str, a: object, action: str, rule
 def test_shipped_policies_are_parsed_once() -> None:
     assert Policy.default() is Policy.default()
     assert Policy.example() is Policy.example()
+
+
+def test_unknown_references_name_the_line_of_each_item() -> None:
+    text = _t("""
+        approved = ["EU"]
+        [[rules]]
+        name = "a"
+        action = "block"
+        service = [
+          "deepseek-api",
+          "deepsek-api",
+        ]
+        [[rules]]
+        name = "b"
+        action = "alert"
+        category = "telemetri"
+        """)
+    policy = Policy.from_text(text, source="p.toml")
+    problems = policy.unknown_references(["deepseek-api", "openai-api"], ["telemetry", "chat-api"])
+    assert [(e.path, e.line, e.field) for e in problems] == [
+        ("p.toml", 7, "rules[1].service"),
+        ("p.toml", 12, "rules[2].category"),
+    ]
+    assert "did you mean 'deepseek-api'" in str(problems[0])
+    assert "did you mean 'telemetry'" in str(problems[1])
+    assert policy.unknown_references(["deepseek-api", "deepsek-api"], ["telemetri"]) == []
+
+
+def test_shipped_policies_reference_only_catalogued_names() -> None:
+    from egresswatch.catalog import CATEGORIES, Catalog
+
+    ids = [s.id for s in Catalog.load().services]
+    for policy in (Policy.default(), Policy.example()):
+        assert policy.unknown_references(ids, CATEGORIES) == []

@@ -52,33 +52,76 @@ def policy() -> None:
 @policy.command()
 @click.argument("file", type=_policy_file)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
-def check(file: Path, as_json: bool) -> None:
+@click.option(
+    "--catalog",
+    "catalogs",
+    type=_policy_file,
+    multiple=True,
+    metavar="FILE",
+    help="A user catalog the policy is written for (repeatable), added to the shipped one "
+    "when checking the rules' service ids and categories.",
+)
+@click.option(
+    "--strict",
+    is_flag=True,
+    help="Treat service ids and categories the catalog does not know as errors (exit 3).",
+)
+def check(file: Path, as_json: bool, catalogs: tuple[Path, ...], strict: bool) -> None:
     """Validate FILE and summarise it.
+
+    Rules that name a service id or category the catalog does not know are
+    reported as warnings (they would never match); --strict makes them errors.
 
     Exit status: 0 when FILE is a valid policy; 3 when it is not, with a message
     naming the file, the line and the field to fix.
     """
+    from egresswatch.catalog import CATEGORIES, Catalog
+
     try:
         loaded = Policy.load(file)
     except ConfigError as e:
         if not as_json:
             raise
-        error = {"path": e.path, "line": e.line, "field": e.field, "message": e.detail}
-        click.echo(json.dumps({"valid": False, "error": error, "text": str(e)}, indent=2))
+        click.echo(json.dumps({"valid": False, "error": _error(e), "text": str(e)}, indent=2))
         raise SystemExit(e.exit_code) from None
+    catalog = Catalog.load(catalogs)
+    warnings = loaded.unknown_references(
+        (s.id for s in catalog.services), [*CATEGORIES, *(s.category for s in catalog.services)]
+    )
+    failed = strict and bool(warnings)
     if as_json:
-        click.echo(json.dumps({"valid": True, **loaded.summary()}, indent=2))
+        out = {"valid": not failed, **loaded.summary(), "warnings": [_error(w) for w in warnings]}
+        click.echo(json.dumps(out, indent=2))
+        if failed:
+            raise SystemExit(ConfigError.exit_code)
         return
+    for warning in warnings:
+        click.echo(f"egresswatch: {'error' if strict else 'warning'}: {warning}", err=True)
+    if failed:
+        raise ConfigError(
+            f"{len(warnings)} rule reference(s) the catalog does not know (--strict)",
+            path=str(file),
+        )
     console = Console()
     summary = loaded.summary()
     console.print(
         Text.assemble(
             ("valid", "bold green"),
-            f": {file} ({summary['mode']} mode, {len(summary['rules'])} rules, "
-            f"{len(summary['approved_countries'])} approved countries)",
+            f": {file} ({summary['mode']} mode, {_n(len(summary['rules']), 'rule')}, "
+            f"{_n(len(summary['approved_countries']), 'approved country', 'approved countries')}"
+            + (f", {_n(len(warnings), 'warning')}" if warnings else "")
+            + ")",
         )
     )
     _render(console, summary)
+
+
+def _n(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
+def _error(e: ConfigError) -> dict[str, Any]:
+    return {"path": e.path, "line": e.line, "field": e.field, "message": e.detail}
 
 
 @policy.command()
