@@ -38,14 +38,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from egresswatch.errors import ConfigError
 from egresswatch.model import UNKNOWN_COUNTRY, Action, Decision, FlowClosed
+
+if TYPE_CHECKING:
+    from egresswatch.store import Store
 
 #: occurrences waiting for the dispatcher; beyond this record() counts a drop
 DEFAULT_QUEUE_SIZE = 10_000
@@ -658,3 +662,79 @@ class AlertSink:
     def _deliver(self, alert: Alert) -> None:
         for worker in self._workers:
             worker.submit(alert)
+
+
+#: alerts whose store row id the recorder remembers
+RECORDER_ROWS = 100_000
+
+
+class StoreAlertRecorder:
+    """An ``on_state`` callback that records each alert and its delivery in the store.
+
+    One row per alert and channel (the ``sink`` column): inserted when the
+    alert is first queued, updated on every state change, and when the window's
+    follow-up arrives its count and last time are folded in. Runs on the
+    delivery threads, never on the traffic path; a database error is counted
+    in ``errors`` and never stops delivery.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.errors = 0
+        # (alert id, channel) -> row id; bounded, oldest forgotten first (a follow-up
+        # for a forgotten alert then gets its own row, nothing is lost)
+        # value: (row id, highest count, latest time) — states of the first alert and of
+        # its follow-up can arrive interleaved, and a count must never go down
+        self._rows: OrderedDict[tuple[str, str], tuple[int, int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, alert: Alert) -> None:
+        from egresswatch.store import AlertRecord, insert_alert, update_alert
+
+        channel = alert.channel or "none"
+        key = (alert.id, channel)
+        delivered_ts = time.time() if alert.state is DeliveryState.DELIVERED else None
+        try:
+            with self._lock:
+                row = self._rows.get(key)
+                if row is None:
+                    if len(self._rows) >= RECORDER_ROWS:
+                        self._rows.popitem(last=False)
+                    row_id = insert_alert(
+                        self.store,
+                        AlertRecord(
+                            ts=alert.first,
+                            last_ts=alert.last,
+                            rule=alert.rule,
+                            severity=str(alert.severity),
+                            count=alert.count,
+                            decision_id=alert.decision_id,
+                            sensor=alert.sensor,
+                            client_addr=alert.client,
+                            service_id=alert.service,
+                            country=alert.country,
+                            summary=alert.summary,
+                            sink=channel,
+                            delivery_state=str(alert.state),
+                            attempts=alert.attempts,
+                            last_error=alert.error,
+                            delivered_ts=delivered_ts,
+                        ),
+                    )
+                    self._rows[key] = (row_id, alert.count, alert.last)
+                    return
+                row_id, count, last = row
+                count, last = max(count, alert.count), max(last, alert.last)
+                self._rows[key] = (row_id, count, last)
+                update_alert(
+                    self.store,
+                    row_id,
+                    delivery_state=str(alert.state),
+                    attempts=alert.attempts,
+                    last_error=alert.error,
+                    delivered_ts=delivered_ts,
+                    count=count,
+                    last_ts=last,
+                )
+        except Exception:
+            self.errors += 1

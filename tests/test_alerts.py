@@ -410,3 +410,49 @@ def test_severity_and_alert_record_are_frozen() -> None:
     assert alert.severity is Severity.CRITICAL
     with pytest.raises(AttributeError):
         alert.count = 2  # type: ignore[misc]
+
+
+def test_store_records_alerts_and_their_delivery(tmp_path: Path) -> None:
+    from egresswatch.alerts import StoreAlertRecorder
+    from egresswatch.store import list_alerts, open_store
+
+    store = open_store(str(tmp_path / "alerts.db"))
+    recorder = StoreAlertRecorder(store)
+    with webhook_receiver([500]) as rx:
+        log = io.StringIO()
+        channel = WebhookChannel(rx.url, retries=3, backoff=0.02)
+        sink = AlertSink([channel, LogChannel(log)], window=60)
+        sink.on_state(recorder)
+        for _ in range(4):
+            sink.record(_block())
+        sink.close()
+    rows = {r.sink: r for r in list_alerts(store)}
+    store.close()
+    assert recorder.errors == 0
+    assert set(rows) == {"webhook", "log"}  # one row per alert and channel
+    hook = rows["webhook"]
+    assert hook.delivery_state == "delivered"
+    assert hook.count == 4  # the window's follow-up folded into the same row
+    assert hook.rule == "no-cn" and hook.severity == "critical"
+    assert hook.client_addr == "10.1.2.3" and hook.service_id == "deepseek"
+    assert hook.delivered_ts is not None
+    assert rows["log"].attempts == 1
+    assert len(rx.requests) == 3  # 500, then 200, then the follow-up
+
+
+def test_store_recorder_survives_a_broken_store(tmp_path: Path) -> None:
+    from egresswatch.alerts import StoreAlertRecorder
+    from egresswatch.store import open_store
+
+    store = open_store(str(tmp_path / "gone.db"))
+    store.close()
+    (tmp_path / "gone.db").unlink()
+    (tmp_path / "gone.db").mkdir()  # the database path is now a directory: every write fails
+    recorder = StoreAlertRecorder(store)
+    out = io.StringIO()
+    sink = AlertSink([LogChannel(out)], window=60)
+    sink.on_state(recorder)
+    sink.record(_block())
+    sink.close()
+    assert recorder.errors >= 1
+    assert len(_lines(out)) == 1  # delivery went on
