@@ -106,19 +106,18 @@ def _media_type(kind: str, method: str) -> PayloadType:
 def _body_multipart(req: _Request, data: bytes, boundary: str | None) -> None:
     fields: list[tuple[str, str]] = []
     for part in bodymod.parse_multipart(data, boundary or ""):
-        textual = not part.filename and (
-            not part.content_type or bodymod.is_text_type(part.content_type)
-        )
-        if textual and not bodymod.looks_binary(part.data):
+        binary = bodymod.looks_binary(part.data)
+        if part.filename or (part.content_type and not bodymod.is_text_type(part.content_type)):
+            kind = bodymod.media_kind(part.content_type, part.filename, part.data)
+            req.types.append(_media_type(kind, req.method))
+            if binary or kind != bodymod.DOCUMENT:
+                continue
+            # an uploaded text file (notes, code, a .env): its secrets leave with it
+            fmod.scan_bytes(part.data, "body", req.findings)
+        elif not binary:
             value = bodymod.to_text(part.data)
             fields.append((part.name or "", value))
             fmod.scan_text(value, "body", req.findings)
-        else:
-            req.types.append(
-                _media_type(
-                    bodymod.media_kind(part.content_type, part.filename, part.data), req.method
-                )
-            )
     _fields(req, fields)
 
 

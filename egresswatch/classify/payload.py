@@ -116,8 +116,10 @@ _PATH_RULES: tuple[tuple[str, frozenset[str] | None, tuple[P, ...]], ...] = (
     # --- update checks ---
     # Ollama app updater (/api/update), its model recommendations, gradio /pkg-version,
     # Electron/Squirrel feeds, Sparkle appcasts, GitHub "latest release", PyPI JSON API.
+    # huggingface_hub ≥ 1.x: utils/_detect_agent.py fetches the agent-harness registry daily.
     (
-        r"^/api/update$|/api/experimental/model-recommendations$|/pkg-version$",
+        r"^/api/update$|/api/experimental/model-recommendations$|/pkg-version$"
+        r"|^/api/agent-harnesses$",
         _READ,
         (P.UPDATE_CHECK,),
     ),
