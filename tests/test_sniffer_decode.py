@@ -47,9 +47,17 @@ def _decoded(data: bytes, linktype: int) -> Packet:
     ("frame", "linktype", "vlan"),
     [
         (Ether(src=CLIENT_MAC, dst=GW_MAC) / V4 / Raw(PAYLOAD), LINKTYPE_ETHERNET, 0),
-        (Ether(src=CLIENT_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / V4 / Raw(PAYLOAD), LINKTYPE_ETHERNET, 1),
         (
-            Ether(src=CLIENT_MAC, dst=GW_MAC) / Dot1AD(vlan=100) / Dot1Q(vlan=7) / V4 / Raw(PAYLOAD),
+            Ether(src=CLIENT_MAC, dst=GW_MAC) / Dot1Q(vlan=7) / V4 / Raw(PAYLOAD),
+            LINKTYPE_ETHERNET,
+            1,
+        ),
+        (
+            Ether(src=CLIENT_MAC, dst=GW_MAC)
+            / Dot1AD(vlan=100)
+            / Dot1Q(vlan=7)
+            / V4
+            / Raw(PAYLOAD),
             LINKTYPE_ETHERNET,
             2,
         ),
@@ -63,8 +71,20 @@ def _decoded(data: bytes, linktype: int) -> Packet:
         (b"\x02\x00\x00\x00" + bytes(V4 / Raw(PAYLOAD)), LINKTYPE_NULL, 0),
         (b"\x00\x00\x00\x02" + bytes(V4 / Raw(PAYLOAD)), LINKTYPE_NULL, 0),  # big-endian writer
     ],
-    ids=["eth", "vlan", "qinq", "raw", "raw-bsd", "ipv4", "sll", "sll2", "null", "loop",
-         "null-le", "null-be"],
+    ids=[
+        "eth",
+        "vlan",
+        "qinq",
+        "raw",
+        "raw-bsd",
+        "ipv4",
+        "sll",
+        "sll2",
+        "null",
+        "loop",
+        "null-le",
+        "null-be",
+    ],
 )
 def test_link_types_ipv4_tcp(frame: object, linktype: int, vlan: int) -> None:
     data = frame if isinstance(frame, bytes) else bytes(frame)  # type: ignore[call-overload]
@@ -111,9 +131,12 @@ def test_ipv6_extension_headers_are_walked() -> None:
 
 
 def test_ipv6_first_fragment_decodes_later_fragment_is_attributed() -> None:
-    big = IPv6(src="2001:db8::1", dst="2001:db8::80") / IPv6ExtHdrFragment(id=42) / UDP(
-        sport=5000, dport=53
-    ) / Raw(b"x" * 3000)
+    big = (
+        IPv6(src="2001:db8::1", dst="2001:db8::80")
+        / IPv6ExtHdrFragment(id=42)
+        / UDP(sport=5000, dport=53)
+        / Raw(b"x" * 3000)
+    )
     from scapy.layers.inet6 import fragment6
 
     frags = fragment6(big, 1280)
@@ -130,8 +153,10 @@ def test_ipv6_first_fragment_decodes_later_fragment_is_attributed() -> None:
 def test_ipv4_fragments() -> None:
     from scapy.layers.inet import fragment
 
-    frags = fragment(IP(src="192.0.2.1", dst="198.51.100.53", id=99) / UDP(sport=5, dport=53)
-                     / Raw(b"y" * 3000), fragsize=1000)
+    frags = fragment(
+        IP(src="192.0.2.1", dst="198.51.100.53", id=99) / UDP(sport=5, dport=53) / Raw(b"y" * 3000),
+        fragsize=1000,
+    )
     first = decode(bytes(frags[0]), LINKTYPE_RAW)
     assert isinstance(first, tuple) and not isinstance(first, Fragment)
     assert Packet(*first).frag == (0, True, 99)
@@ -142,8 +167,14 @@ def test_ipv4_fragments() -> None:
 
 def test_ethernet_padding_is_not_payload() -> None:
     # a 60-byte minimum frame: the IP total length, not the frame, bounds the payload
-    frame = bytes(Ether(src=CLIENT_MAC, dst=GW_MAC) / IP(src="192.0.2.1", dst="192.0.2.2")
-                  / TCP(sport=1, dport=2, flags="A")) + b"\x00" * 6
+    frame = (
+        bytes(
+            Ether(src=CLIENT_MAC, dst=GW_MAC)
+            / IP(src="192.0.2.1", dst="192.0.2.2")
+            / TCP(sport=1, dport=2, flags="A")
+        )
+        + b"\x00" * 6
+    )
     p = _decoded(frame, LINKTYPE_ETHERNET)
     assert p.end - p.start == 0
 
@@ -161,12 +192,18 @@ ETH = bytes(Ether(src=CLIENT_MAC, dst=GW_MAC) / V4 / Raw(PAYLOAD))
         (ETH[:14] + b"\x42" + ETH[15:], LINKTYPE_ETHERNET, "bad-ip-header-length"),
         (ETH[:16] + b"\x00\x05" + ETH[18:], LINKTYPE_ETHERNET, "bad-ip-length"),
         (ETH[:46] + b"\x10" + ETH[47:], LINKTYPE_ETHERNET, "bad-tcp-offset"),
-        (bytes(Ether(src=CLIENT_MAC, dst=GW_MAC) / Dot1Q(vlan=1))[:16], LINKTYPE_ETHERNET,
-         "truncated-link"),
+        (
+            bytes(Ether(src=CLIENT_MAC, dst=GW_MAC) / Dot1Q(vlan=1))[:16],
+            LINKTYPE_ETHERNET,
+            "truncated-link",
+        ),
         (bytes(V6)[:30], LINKTYPE_RAW, "truncated-ip"),
         (bytes(IPv6(src="::1", dst="::1", nh=0)) + b"\x11", LINKTYPE_RAW, "truncated-ipv6-ext"),
-        (bytes(IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2, len=4)), LINKTYPE_RAW,
-         "bad-udp-length"),
+        (
+            bytes(IP(src="1.2.3.4", dst="5.6.7.8") / UDP(sport=1, dport=2, len=4)),
+            LINKTYPE_RAW,
+            "bad-udp-length",
+        ),
         (b"\x00\x01", LINKTYPE_LINUX_SLL2, "truncated-link"),
         (b"", LINKTYPE_RAW, "truncated-link"),
         (ETH, 147, "unsupported-linktype"),
@@ -180,7 +217,8 @@ def test_malformed_reasons(data: bytes, linktype: int, reason: str) -> None:
     "frame",
     [
         Ether(src=CLIENT_MAC, dst=GW_MAC, type=0x0806) / Raw(b"\x00" * 28),  # ARP
-        Ether(src=CLIENT_MAC, dst=GW_MAC) / IP(src="192.0.2.1", dst="192.0.2.2", proto=1)
+        Ether(src=CLIENT_MAC, dst=GW_MAC)
+        / IP(src="192.0.2.1", dst="192.0.2.2", proto=1)
         / Raw(b"\x08\x00" + b"\x00" * 6),  # ICMP
     ],
 )

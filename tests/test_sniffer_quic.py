@@ -6,9 +6,8 @@ import os
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from helpers.packets import client_hello, client_keys, crypto_frame, feed, quic_initial
+from helpers.packets import client_hello, client_keys, crypto_frame, feed, quic_initial, udp_packet
 from helpers.packets import quic_initials_for_hello as initials
-from helpers.packets import udp_packet
 from helpers.sniffer_fakes import RecordingInspector
 
 from egresswatch.sniffer import Sniffer

@@ -77,8 +77,16 @@ def test_multi_segment_hello_through_the_sniffer(reorder: bool, record_size: int
 
     sn = Sniffer(inspect, sink)
     data = tls_records(client_hello("big.example.com", ("h2",)), record_size)
-    pkts = tcp_flow("192.0.2.1", "203.0.113.10", 41000, 443, data, mss=536, reorder=reorder,
-                    server_data=b"\x16\x03\x03\x00\x02ok")
+    pkts = tcp_flow(
+        "192.0.2.1",
+        "203.0.113.10",
+        41000,
+        443,
+        data,
+        mss=536,
+        reorder=reorder,
+        server_data=b"\x16\x03\x03\x00\x02ok",
+    )
     assert sum(1 for p in pkts if p.haslayer("Raw")) >= 4
     feed(sn, pkts)
     sn.close()
@@ -108,8 +116,16 @@ def test_browser_sized_hello_in_full_size_segments() -> None:
 def test_ech_flow_marked_and_sni_is_outer() -> None:
     seen = []
     sn = Sniffer(lambda o: seen.append(o) or _decision(o))
-    feed(sn, tcp_flow("192.0.2.1", "203.0.113.10", 41001, 443,
-                      tls_records(client_hello("cover.example.net", ech=True))))
+    feed(
+        sn,
+        tcp_flow(
+            "192.0.2.1",
+            "203.0.113.10",
+            41001,
+            443,
+            tls_records(client_hello("cover.example.net", ech=True)),
+        ),
+    )
     sn.close()
     assert seen[0].ech and seen[0].sni == "cover.example.net"
 

@@ -678,9 +678,11 @@ class Sniffer:
 
 
 def _server_side(sport: int, dport: int) -> bool:
-    """Guess whether the sender of a mid-stream packet is the server (by its port)."""
+    """Guess whether the sender of a flow's first seen packet is the server (by its port).
+
+    Only a clear server port on one side decides; otherwise the first sender is
+    taken as the client, which is right whenever the capture saw the flow start.
+    """
     s_srv = sport in SERVER_PORTS or sport < 1024
     d_srv = dport in SERVER_PORTS or dport < 1024
-    if s_srv != d_srv:
-        return s_srv
-    return sport < dport
+    return s_srv and not d_srv

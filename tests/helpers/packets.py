@@ -363,8 +363,14 @@ def write_pcap(
 # ---------------------------------------------------------------- feeding and fakes
 
 
-def feed(sniffer: object, packets: Iterable[Packet | bytes], *, t0: float = 1000.0,
-         step: float = 0.001, linktype: int = 1) -> float:
+def feed(
+    sniffer: object,
+    packets: Iterable[Packet | bytes],
+    *,
+    t0: float = 1000.0,
+    step: float = 0.001,
+    linktype: int = 1,
+) -> float:
     """Feed packets to a sniffer with increasing timestamps; returns the last timestamp."""
     t = t0
     for p in packets:
