@@ -16,6 +16,7 @@ from pathlib import Path
 
 import maxminddb
 import pytest
+from conftest import ROOT
 from helpers.geoip import LAB_ADDRESSES, LAB_RANGES, build_lab_db, lab_chain
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -267,7 +268,7 @@ def test_override_cannot_give_a_local_range_a_country(tmp_path: Path) -> None:
 
 
 def test_example_overrides_file_loads() -> None:
-    example = Path(__file__).resolve().parent.parent / "geoip" / "overrides.example.csv"
+    example = ROOT / "geoip" / "overrides.example.csv"
     overrides = geo.Overrides.load(example)
     assert len(overrides) >= 3
 
@@ -467,7 +468,7 @@ def test_environment_variable_names_the_folder(
 
 def test_default_folder_is_the_checkout_geoip(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(geo.GEOIP_DIR_ENV, raising=False)
-    assert geo.default_geoip_dir() == Path(geo.__file__).resolve().parent.parent / "geoip"
+    assert geo.default_geoip_dir() == ROOT / "geoip"
 
 
 # --------------------------------------------------------------------------- errors
