@@ -3,6 +3,19 @@
 All logic lives in :mod:`egresswatch.proxy`; see ``docs/proxy.md`` for the options.
 """
 
-from egresswatch.proxy import EgressWatch
+import os
+import sys
+
+# mitmproxy puts this script's folder first on sys.path, where this file would shadow
+# the egresswatch package it imports: look the package up without that folder.
+_here = os.path.dirname(os.path.abspath(__file__))
+_saved = list(sys.path)
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+if getattr(sys.modules.get("egresswatch"), "__file__", None) == os.path.abspath(__file__):
+    del sys.modules["egresswatch"]
+try:
+    from egresswatch.proxy import EgressWatch
+finally:
+    sys.path[:] = _saved
 
 addons = [EgressWatch()]

@@ -27,7 +27,8 @@ _UA_HINTS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
         (r"^Anthropic/Python", "anthropic-python"),
         (r"^Anthropic/JS", "anthropic-node"),
         (r"ollama-python|^ollama/", "ollama"),
-        (r"huggingface_hub", "huggingface_hub"),
+        # huggingface_hub >= 0.x: "unknown/None; hf_hub/1.2.3; python/3.12; ..." (_headers.py)
+        (r"huggingface_hub|\bhf_hub/", "huggingface_hub"),
         (r"^google-genai|google-api-python-client", "google-genai"),
         (r"^mistralai", "mistral"),
         (r"^LangChain", "langchain"),

@@ -533,8 +533,8 @@ class EgressWatch:
         )
         blocked = decision.verdict.enforced or (is_quic and not self._cfg.allow_quic)
         if blocked:
-            # No ServerHello: tls_start_client withdraws the TLS context and mitmproxy closes
-            # the client connection. With lazy connections nothing went upstream.
+            # No ServerHello: tls_start_client swaps in a TLS context that cannot handshake.
+            # With lazy connections nothing went upstream.
             self._blocked_clients.add(client.id)
         elif passthrough:
             data.ignore_connection = True
@@ -544,7 +544,10 @@ class EgressWatch:
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         if data.context.client.id in self._blocked_clients:
-            data.ssl_conn = None
+            # Replace whatever TLS context mitmproxy's tlsconfig made (it may run before or
+            # after us) with one that has no certificate: OpenSSL aborts the handshake with a
+            # handshake_failure alert before any ServerHello, and mitmproxy closes the client.
+            data.ssl_conn = _refusing_connection()
 
     # -- HTTP ------------------------------------------------------------------------------
 
@@ -759,6 +762,15 @@ class EgressWatch:
                 else (flow.error.msg[:80] if flow.error else "closed"),
             )
         )
+
+
+def _refusing_connection() -> Any:
+    """A server-side TLS connection that cannot complete a handshake (no certificate)."""
+    from OpenSSL import SSL
+
+    conn = SSL.Connection(SSL.Context(SSL.TLS_SERVER_METHOD))
+    conn.set_accept_state()
+    return conn
 
 
 def _body_len(resp: http.Response) -> int:

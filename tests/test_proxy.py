@@ -30,6 +30,23 @@ def make(mode: Mode = Mode.ENFORCE, **opts: object):
     return addon, sink, tctx
 
 
+def _cannot_handshake(conn: object) -> bool:
+    """True if ``conn`` is a server TLS connection that fails a real client's handshake."""
+    from OpenSSL import SSL
+
+    if not isinstance(conn, SSL.Connection):
+        return False
+    hello = mitm.real_client_hello_bytes("api.deepseek.com")
+    conn.bio_write(hello)
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        return False
+    except SSL.Error:
+        return True
+    return False
+
+
 def test_public_names_are_hooks_load_configure() -> None:
     public = {n for n in dir(proxy.EgressWatch) if not n.startswith("_")}
     unknown = public - set(hooks.all_hooks) - {"load", "configure"}
@@ -202,7 +219,7 @@ async def test_clienthello_block_refuses_handshake() -> None:
     assert not data.ignore_connection
     start = mitm.tls_start(data)
     addon.tls_start_client(start)
-    assert start.ssl_conn is None  # mitmproxy closes the client connection: no ServerHello
+    assert _cannot_handshake(start.ssl_conn)  # no certificate: no ServerHello
     d = sink.decisions[0]
     assert d.observation.stage is Stage.CLIENTHELLO and d.observation.sni == "api.deepseek.com"
     assert d.observation.alpn == ("h2", "http/1.1")
@@ -242,7 +259,7 @@ async def test_quic_clienthello(allow_quic: bool, blocked: bool) -> None:
     await addon.tls_clienthello(data)
     start = mitm.tls_start(data)
     addon.tls_start_client(start)
-    assert (start.ssl_conn is None) is blocked
+    assert _cannot_handshake(start.ssl_conn) is blocked
 
 
 async def test_websocket_message_judged_and_dropped() -> None:
@@ -303,7 +320,7 @@ def test_done_closes_sinks() -> None:
         ("OpenAI/Python 1.51.0", "openai-python"),
         ("Anthropic/Python 0.40.0", "anthropic-python"),
         ("ollama-python/0.4.4 (x86_64 linux) Python/3.12.8", "ollama"),
-        ("unknown/None; hf_hub/0.26.2; python/3.12.8", None),
+        ("unknown/None; hf_hub/0.26.2; python/3.12.8", "huggingface_hub"),
         ("huggingface_hub/0.26.2; python/3.12", "huggingface_hub"),
         ("curl/7.88.1", "curl"),
         ("python-httpx/0.28.1", "httpx"),

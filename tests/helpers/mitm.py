@@ -200,17 +200,22 @@ def udp_flow(addr: str, port: int) -> udp.UDPFlow:
     return f
 
 
-def real_client_hello(sni: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> tls.ClientHello:
-    """A ClientHello as Python's OpenSSL writes it, parsed the way mitmproxy parses the wire."""
-    from mitmproxy.proxy.layers.tls import parse_client_hello
-
+def real_client_hello_bytes(sni: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> bytes:
+    """The first flight of a TLS client (record layer included), as Python's OpenSSL writes it."""
     ctx = ssl.create_default_context()
     ctx.set_alpn_protocols(list(alpn))
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
-    hello = parse_client_hello(outgoing.read())
+    return outgoing.read()
+
+
+def real_client_hello(sni: str, alpn: tuple[str, ...] = ("h2", "http/1.1")) -> tls.ClientHello:
+    """A ClientHello as Python's OpenSSL writes it, parsed the way mitmproxy parses the wire."""
+    from mitmproxy.proxy.layers.tls import parse_client_hello
+
+    hello = parse_client_hello(real_client_hello_bytes(sni, alpn))
     assert hello is not None
     return hello
 

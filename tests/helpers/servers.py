@@ -44,7 +44,7 @@ HF_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @dataclass(frozen=True)
-class TestPKI:
+class LabPKI:
     """A CA and one server certificate signed by it (PEM files)."""
 
     ca_cert: Path
@@ -52,7 +52,7 @@ class TestPKI:
     key: Path
 
 
-def make_pki(directory: Path, names: list[str], addresses: list[str]) -> TestPKI:
+def make_pki(directory: Path, names: list[str], addresses: list[str]) -> LabPKI:
     """Write a throwaway CA and a server certificate for ``names`` and ``addresses``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -97,7 +97,7 @@ def make_pki(directory: Path, names: list[str], addresses: list[str]) -> TestPKI
         )
         .sign(ca_key, hashes.SHA256())
     )
-    pki = TestPKI(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    pki = LabPKI(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     pki.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     pki.cert.write_bytes(
         cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
