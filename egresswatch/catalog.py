@@ -352,6 +352,7 @@ class Catalog:
         # homographs and embedded copies imitate. Keyed by skeleton.
         self._faces: dict[str, tuple[str, Service]] = {}
         self._embeddable: set[str] = set()
+        self._embeddable_hyphen: set[str] = set()
         self._substring_brands: list[tuple[str, Service]] = []
         self._label_brands: dict[str, Service] = {}
         for service in self._services.values():
@@ -372,6 +373,11 @@ class Catalog:
                     self._label_brands.setdefault(brand, service)
                 else:
                     self._substring_brands.append((brand, service))
+        all_brands = {b for s in self._services.values() for b in s.brands}
+        for key in self._embeddable:
+            label = key.split(".", 1)[0]
+            if label in all_brands or any(b in label for b, _ in self._substring_brands):
+                self._embeddable_hyphen.add(key)
         # Longest brand first, so "kimik2" is reported before a shorter brand inside it.
         self._substring_brands.sort(key=lambda item: len(item[0]), reverse=True)
         for patterns in self._patterns.values():
@@ -484,13 +490,19 @@ class Catalog:
         # 2. an official domain embedded in the subdomains: deepseek.com.evil.example,
         #    api-openai-com.evil.example (combosquatting).
         if len(host) > len(reg):
-            sub = skeleton(host[: -len(reg) - 1]).replace("-", ".").split(".")
-            for width in (3, 2):
-                for j in range(len(sub) - width + 1):
-                    key = ".".join(sub[j : j + width])
-                    face = self._faces.get(key) if key in self._embeddable else None
-                    if face is not None:
-                        return self._lookalike(face[1], host, face[0])
+            sub = skeleton(host[: -len(reg) - 1])
+            # With dots, any face of 4+ letters; with hyphens ("together-ai" is an
+            # ordinary phrase), only faces whose label is a brand.
+            for form, allowed in (
+                (sub.split("."), self._embeddable),
+                (sub.replace("-", ".").split("."), self._embeddable_hyphen),
+            ):
+                for width in (3, 2):
+                    for j in range(len(form) - width + 1):
+                        key = ".".join(form[j : j + width])
+                        if key in allowed:
+                            reg_face, service = self._faces[key]
+                            return self._lookalike(service, host, reg_face)
         # 3. a brand in the registrable label, raw or read as its skeleton
         label = reg.split(".", 1)[0]
         for form in dict.fromkeys((label, skeleton(label))):

@@ -306,6 +306,9 @@ LOOKALIKES = [
     ("kimik2.org", "moonshot-cn", "kimik2"),
     ("kimi.chat", "kimi-cn", "kimi"),
     ("kimi.ai.evil.example", "kimi-intl", "kimi.ai"),
+    ("login-kimi-ai.evil.example", "kimi-intl", "kimi.ai"),  # "kimi" is a brand label
+    ("together.ai.evil.example", "together", "together.ai"),  # with dots any 4+ face counts
+    ("chat.com.evil.example", "chatgpt", "chat.com"),
     ("claude.io", "claude-app", "claude"),
     ("claude-ai.app", "claude-app", "claudeai"),
     ("chatgpt-free.net", "chatgpt", "chatgpt"),
@@ -394,6 +397,8 @@ def test_homograph_brand_in_longer_name(cat: Catalog) -> None:
         "together.com",
         "replicate.io",
         "x-ai.example.net",  # x.ai is too short a face to spot inside other names
+        "work-together-ai.example.com",  # hyphenated ordinary words are no embedded face
+        "support-chat-com.example.net",
         "z-ai.example.net",
         "stepfun.com",  # the operator's own registrable domain, not catalogued as a whole
         "www.baidu.com",
