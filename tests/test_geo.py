@@ -842,3 +842,35 @@ def test_ranges_csv_gives_rows_or_config_error(
         return
     for row in rows:
         assert row.country is not None or row.label is not None
+
+
+@pytest.fixture(scope="module")
+def lab_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return build_lab_db(tmp_path_factory.mktemp("labbytes") / "lab.mmdb").read_bytes()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_damaged_database_opens_or_raises_geoip_error_and_never_breaks_lookup(
+    tmp_path_factory: pytest.TempPathFactory, lab_bytes: bytes, data: st.DataObject
+) -> None:
+    """Flip, truncate and append bytes of a real file: GeoIPError at open, or answers."""
+    blob = bytearray(lab_bytes)
+    for _ in range(data.draw(st.integers(0, 8), label="patches")):
+        at = data.draw(st.integers(0, len(blob) - 1), label="offset")
+        blob[at] = data.draw(st.integers(0, 255), label="byte")
+    blob = blob[: data.draw(st.integers(len(blob) // 2, len(blob)), label="length")]
+    blob += data.draw(st.binary(max_size=64), label="tail")
+    folder = tmp_path_factory.mktemp("damaged")
+    path = folder / "d.mmdb"
+    path.write_bytes(bytes(blob))
+    try:
+        chain = GeoChain.from_paths(country_db=path, asn_db=path, geoip_dir=folder, cache_size=0)
+    except GeoIPError as e:
+        assert str(path) in str(e)
+        return
+    with chain:
+        for addr in ("203.0.113.1", "2001:db8:2::1", "192.0.2.200", "8.8.8.8", "10.0.0.1"):
+            assert isinstance(chain.lookup(addr), GeoAnswer)
+        for info in chain.databases():
+            assert info.path == path

@@ -147,7 +147,7 @@ class GeoDatabase:
         self.ip_version = int(meta.ip_version)
         self.build_epoch = int(meta.build_epoch)
         desc = meta.description
-        self.description = desc.get("en") or next(iter(desc.values()), None) if desc else None
+        self.description = (desc.get("en") or next(iter(desc.values()), None)) if desc else None
         self.has_country = ROLE_COUNTRY in self.roles
         self.has_asn = ROLE_ASN in self.roles
         #: lookups that hit a damaged record in this file
@@ -170,23 +170,24 @@ class GeoDatabase:
             raise GeoIPError(f"{p} is not a valid MaxMind DB file ({hint}); {HOWTO}")
         try:
             reader = maxminddb.open_database(str(p))
-        except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as e:
+        except OSError as e:
+            raise GeoIPError(
+                f"cannot open GeoIP database {p}: {e.strerror or e} (check its permissions)"
+            ) from e
+        except Exception as e:  # InvalidDatabaseError, ValueError ...: all mean "bad file"
             raise GeoIPError(
                 f"{p} is not a valid MaxMind DB file (corrupt, truncated or another "
-                f"format: {e}); "
-                f"download it again or {HOWTO}"
+                f"format: {e}); download it again or {HOWTO}"
             ) from e
-        except OSError as e:
-            raise GeoIPError(f"cannot open GeoIP database {p}: {e.strerror or e}") from e
         try:
             meta = reader.metadata()
             roles = _roles_from_type(str(meta.database_type))
             if not roles:
                 roles = _roles_from_record(_first_record(reader))
-        except (InvalidDatabaseError, ValueError, UnicodeDecodeError) as e:
+            db = cls(reader, p, roles)
+        except Exception as e:  # metadata of the wrong types, a damaged first record
             reader.close()
             raise GeoIPError(f"{p} is corrupt ({e}); download it again or {HOWTO}") from e
-        db = cls(reader, p, roles)
         if want is not None and want not in db.roles:
             db.close()
             has = ", ".join(sorted(roles)) or "neither country nor ASN data"
@@ -222,7 +223,10 @@ class GeoDatabase:
     def info(self, now: datetime | None = None) -> DatabaseInfo:
         """Build date, age and staleness (older than STALE_DAYS)."""
         now = now or datetime.now(UTC)
-        built = datetime.fromtimestamp(self.build_epoch, UTC)
+        try:
+            built = datetime.fromtimestamp(self.build_epoch, UTC)
+        except (OverflowError, OSError, ValueError):  # a nonsense epoch: treat as ancient
+            built = datetime.fromtimestamp(0, UTC)
         age = (now - built).total_seconds() / 86400
         return DatabaseInfo(
             path=self.path,
