@@ -493,28 +493,28 @@ class Catalog:
             sub = skeleton(host[: -len(reg) - 1])
             # With dots, any face of 4+ letters; with hyphens ("together-ai" is an
             # ordinary phrase), only faces whose label is a brand.
-            for form, allowed in (
+            for parts, allowed in (
                 (sub.split("."), self._embeddable),
                 (sub.replace("-", ".").split("."), self._embeddable_hyphen),
             ):
                 for width in (3, 2):
-                    for j in range(len(form) - width + 1):
-                        key = ".".join(form[j : j + width])
+                    for j in range(len(parts) - width + 1):
+                        key = ".".join(parts[j : j + width])
                         if key in allowed:
-                            reg_face, service = self._faces[key]
-                            return self._lookalike(service, host, reg_face)
+                            reg_face, imitated = self._faces[key]
+                            return self._lookalike(imitated, host, reg_face)
         # 3. a brand in the registrable label, raw or read as its skeleton
         label = reg.split(".", 1)[0]
         for form in dict.fromkeys((label, skeleton(label))):
             flat = form.replace("-", "")
-            service = self._label_brands.get(flat)
-            if service is not None:
-                return self._lookalike(service, host, flat)
+            named = self._label_brands.get(flat)
+            if named is not None:
+                return self._lookalike(named, host, flat)
             for word in self._ignore:
                 flat = flat.replace(word, "#")
-            for brand, service in self._substring_brands:
+            for brand, owner in self._substring_brands:
                 if brand in flat:
-                    return self._lookalike(service, host, brand)
+                    return self._lookalike(owner, host, brand)
         return None
 
     # -- internals
