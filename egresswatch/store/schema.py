@@ -105,10 +105,6 @@ class Flow(Base):
         Index("ux_flows_decision_id", "decision_id", unique=True),
         Index("ix_flows_flow", "flow_id", "sensor"),
         Index("ix_flows_ts", "ts"),
-        Index("ix_flows_country_ts", "country", "ts"),
-        Index("ix_flows_service_ts", "service_id", "ts"),
-        Index("ix_flows_client_ts", "client_addr", "ts"),
-        Index("ix_flows_verdict_ts", "verdict", "ts"),
     )
 
 
@@ -133,7 +129,6 @@ class FindingRow(Base):
     __table_args__ = (
         Index("ux_findings_decision_seq", "decision_id", "seq", unique=True),
         Index("ix_findings_ts", "ts"),
-        Index("ix_findings_kind_ts", "kind", "ts"),
     )
 
 

@@ -35,13 +35,19 @@ from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import Connection, Table, bindparam, func, insert, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from egresswatch.model import Decision, FlowClosed
 from egresswatch.store import retention as retention_mod
 from egresswatch.store.engine import Store, _short
-from egresswatch.store.rows import closed_row, finding_rows, flow_row
+from egresswatch.store.rows import (
+    CLOSE_COLUMNS,
+    CLOSE_POSITIONS,
+    FLOW_COLUMNS,
+    closed_row,
+    finding_rows,
+    flow_values,
+)
 from egresswatch.store.schema import DnsAnswerRow, FindingRow, Flow
 from egresswatch.store.spill import SpillJournal
 
@@ -50,6 +56,7 @@ log = logging.getLogger("egresswatch.store")
 _FLOWS = cast(Table, Flow.__table__)
 _FINDINGS = cast(Table, FindingRow.__table__)
 _DNS = cast(Table, DnsAnswerRow.__table__)
+FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
 
 #: closes waiting for their decision row, at most (oldest are forgotten first)
 MAX_PENDING_CLOSES = 50_000
@@ -296,7 +303,9 @@ class StoreWriter:
         records: list[dict[str, Any]] = []
         for kind, obj in batch:
             if kind == "d":
-                records.append({"k": "d", "flow": flow_row(obj, self.node), "f": finding_rows(obj)})
+                # "v": the flows values in FLOW_COLUMNS order (the fast path);
+                # the journal stores them as a dict, see _spill
+                records.append({"k": "d", "v": flow_values(obj, self.node), "f": finding_rows(obj)})
             elif kind == "c":
                 records.append({"k": "c", "c": closed_row(obj)})
             else:
@@ -358,7 +367,16 @@ class StoreWriter:
         return None
 
     def _spill(self, records: list[dict[str, Any]]) -> None:
-        self._journal.append(records)
+        # flows rows go to the journal keyed by column name, so a journal written by
+        # one version replays into a newer schema
+        self._journal.append(
+            [
+                {"k": "d", "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)), "f": r["f"]}
+                if "v" in r
+                else r
+                for r in records
+            ]
+        )
         self._spilled += sum(1 for r in records if r["k"] == "d")
 
     def _unreachable(self, e: BaseException) -> None:
@@ -425,50 +443,70 @@ class StoreWriter:
 
     # -- SQL -----------------------------------------------------------------------------
 
-    def _insert_statements(self) -> tuple[Any, Any]:
-        if self.store.dialect == "postgresql":
-            ins: Any = postgresql.insert
-        elif self.store.dialect == "sqlite":
-            ins = sqlite.insert
-        else:  # pragma: no cover - engine.create_store_engine refuses others
-            raise ValueError(self.store.dialect)
-        flows = ins(_FLOWS).on_conflict_do_nothing(index_elements=["decision_id"])
-        findings = ins(_FINDINGS).on_conflict_do_nothing(index_elements=["decision_id", "seq"])
-        return flows, findings
+    def _insert_statements(self) -> tuple[str, str]:
+        """Driver-level INSERT ... ON CONFLICT DO NOTHING for flows and findings.
+
+        Executed with ``exec_driver_sql`` and tuples: SQLAlchemy's per-row
+        parameter processing cost more than SQLite's insert itself (bench/store.py).
+        Both engines accept ``ON CONFLICT (cols) DO NOTHING`` (SQLite >= 3.24,
+        PostgreSQL >= 9.5).
+        """
+        dialect = self.store.engine.dialect
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+
+        def sql(table: str, cols: tuple[str, ...], key: str) -> str:
+            return (
+                f"INSERT INTO {table} ({', '.join(quote(c) for c in cols)}) "
+                f"VALUES ({', '.join(mark for _ in cols)}) ON CONFLICT ({key}) DO NOTHING"
+            )
+
+        return (
+            sql("flows", FLOW_COLUMNS, "decision_id"),
+            sql("findings", FINDING_COLUMNS, "decision_id, seq"),
+        )
 
     def _write(self, records: list[dict[str, Any]]) -> None:
         """Commit records in one transaction: inserts first, then closes, in order."""
-        flows: list[dict[str, Any]] = []
-        findings: list[dict[str, Any]] = []
+        flows: list[tuple[Any, ...]] = []
+        findings: list[tuple[Any, ...]] = []
         closes: list[dict[str, Any]] = []
         dns: list[dict[str, Any]] = []
         used: list[tuple[str, str]] = []
+        pending = self._pending
         for rec in records:
             kind = rec["k"]
             if kind == "d":
-                row = rec["flow"]
-                key = (row["flow_id"], row["sensor"])
-                waiting = self._pending.get(key)
-                if waiting is not None:
-                    row = {**row, **_close_values(waiting[1])}
-                    used.append(key)
-                flows.append(row)
-                findings.extend(rec["f"])
+                values = rec.get("v")
+                if values is None:  # from the journal
+                    flow = rec["flow"]
+                    values = [flow.get(c) for c in FLOW_COLUMNS]
+                if pending:
+                    key = (values[1], values[3])  # flow_id, sensor
+                    waiting = pending.get(key)
+                    if waiting is not None:
+                        values = list(values)
+                        for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
+                            values[pos] = waiting[1][col]
+                        used.append(key)
+                flows.append(tuple(values))
+                for f in rec["f"]:
+                    findings.append(tuple(f.get(c) for c in FINDING_COLUMNS))
             elif kind == "c":
                 closes.append(rec["c"])
             elif kind == "n":
                 dns.append(rec["n"])
         with self.store.engine.begin() as conn:
             if flows:
-                conn.execute(self._insert_flows, flows)
+                conn.exec_driver_sql(self._insert_flows, flows)
             if findings:
-                conn.execute(self._insert_findings, findings)
+                conn.exec_driver_sql(self._insert_findings, findings)
             if dns:
                 conn.execute(insert(_DNS), dns)
             if closes:
                 self._apply_closes(conn, closes)
         for key in used:  # only now: a failed transaction must not lose a waiting close
-            self._pending.pop(key, None)
+            pending.pop(key, None)
         self._written += len(flows)
 
     def _apply_closes(self, conn: Connection, closes: list[dict[str, Any]]) -> None:

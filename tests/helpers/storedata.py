@@ -29,7 +29,9 @@ from egresswatch.model import (
 
 SERVICES = [
     Service("openai", "OpenAI API", "OpenAI, L.L.C.", "US", "chat-api", ("api.openai.com",)),
-    Service("deepseek", "DeepSeek API", "Hangzhou DeepSeek", "CN", "chat-api", ("api.deepseek.com",)),
+    Service(
+        "deepseek", "DeepSeek API", "Hangzhou DeepSeek", "CN", "chat-api", ("api.deepseek.com",)
+    ),
     Service("mistral", "Mistral AI", "Mistral AI SAS", "FR", "chat-api", ("api.mistral.ai",)),
     Service("hf", "Hugging Face Hub", "Hugging Face, Inc.", "US", "model-hub", ("huggingface.co",)),
 ]
@@ -64,6 +66,7 @@ def make_decision(
     service: int | None = None,
     verdict: int | None = None,
     client: str | None = None,
+    decision_id: str | None = None,
 ) -> Decision:
     """Decision number ``i``: id ``d%08d``, deterministic given ``i`` and ``rng``."""
     rng = rng or random.Random(i)
@@ -91,19 +94,19 @@ def make_decision(
         bytes_out=1000 + i % 5000,
         bytes_in=200 + i % 900,
     )
-    finds = tuple(
-        Finding(FindingKind.EMAIL, "j***@example.com", "body") for _ in range(nfind)
-    )
+    finds = tuple(Finding(FindingKind.EMAIL, "j***@example.com", "body") for _ in range(nfind))
     assessment = Assessment(
         observation=obs,
         host=svc.domains[0],
-        geo=GeoAnswer(ctry, GeoSource.MAXMIND if ctry else GeoSource.NONE, 64500 + i % 10, "AS-DOC"),
+        geo=GeoAnswer(
+            ctry, GeoSource.MAXMIND if ctry else GeoSource.NONE, 64500 + i % 10, "AS-DOC"
+        ),
         service=ServiceMatch(svc, MatchKind.OFFICIAL, svc.domains[0], svc.domains[0]),
         payload_types=TYPES[i % len(TYPES)],
         findings=finds,
         flags=("lookalike",) if i % 11 == 0 else (),
     )
-    return Decision(assessment=assessment, verdict=v, id=f"d{i:08d}", elapsed=0.0002)
+    return Decision(assessment=assessment, verdict=v, id=decision_id or f"d{i:08d}", elapsed=0.0002)
 
 
 def make_close(d: Decision, bytes_out: int = 12345, bytes_in: int = 678) -> FlowClosed:

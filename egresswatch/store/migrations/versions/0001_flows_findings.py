@@ -72,10 +72,6 @@ def upgrade() -> None:
     op.create_index("ux_flows_decision_id", "flows", ["decision_id"], unique=True)
     op.create_index("ix_flows_flow", "flows", ["flow_id", "sensor"])
     op.create_index("ix_flows_ts", "flows", ["ts"])
-    op.create_index("ix_flows_country_ts", "flows", ["country", "ts"])
-    op.create_index("ix_flows_service_ts", "flows", ["service_id", "ts"])
-    op.create_index("ix_flows_client_ts", "flows", ["client_addr", "ts"])
-    op.create_index("ix_flows_verdict_ts", "flows", ["verdict", "ts"])
 
     op.create_table(
         "findings",
@@ -93,7 +89,6 @@ def upgrade() -> None:
     )
     op.create_index("ux_findings_decision_seq", "findings", ["decision_id", "seq"], unique=True)
     op.create_index("ix_findings_ts", "findings", ["ts"])
-    op.create_index("ix_findings_kind_ts", "findings", ["kind", "ts"])
 
 
 def downgrade() -> None:
