@@ -47,7 +47,7 @@ _ELLIPSIS = "…"
 
 
 def _tail(value: str, n: int = 4) -> str:
-    return value[-n:] if len(value) >= 3 * n else ""
+    return value[-n:] if len(value) >= 4 * n else ""  # never more than a quarter
 
 
 def redact_email(value: str) -> str:
