@@ -167,6 +167,24 @@ def test_lab_database_is_a_real_maxmind_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    "mode", [maxminddb.MODE_MMAP_EXT, maxminddb.MODE_FILE, maxminddb.MODE_MEMORY]
+)
+def test_built_file_reads_the_same_in_c_and_pure_python_readers(tmp_path: Path, mode: int) -> None:
+    """libmaxminddb (C) and maxminddb's pure-Python decoder are independent readers."""
+    path = build_lab_db(tmp_path / "lab.mmdb")
+    with maxminddb.open_database(str(path), mode) as reader:
+        for network, country, asn, org in LAB_RANGES:
+            first = str(ipaddress.ip_network(network)[1])
+            record, prefix = reader.get_with_prefix_len(first)
+            assert prefix == ipaddress.ip_network(network).prefixlen
+            assert record == {
+                "country": {"iso_code": country},
+                "autonomous_system_number": asn,
+                "autonomous_system_organization": org,
+            }
+
+
+@pytest.mark.parametrize(
     ("addr", "country", "source"),
     [
         ("::ffff:203.0.113.9", "CN", GeoSource.MAXMIND),  # mapped -> the IPv4 tree
