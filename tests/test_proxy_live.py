@@ -335,10 +335,18 @@ def test_huggingface_download_and_telemetry(plab: ProxyLab) -> None:
 
 def test_http2_client_is_judged(plab: ProxyLab) -> None:
     t0 = time.time()
-    r = plab.client("httpx-h2", "https://api.openai.com")
-    assert r["ok"] and r["detail"] == "HTTP/2"  # h2 between client and proxy
-    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/v1/chat/completions")
-    assert rows[0].client_app == "httpx" and rows[0].verdict == "allow"
+    code, out = plab.curl("--http2", "-w", "\n%{http_version}", "-H",
+                          "content-type: application/json", "-d", json.dumps(CARD_CHAT),
+                          "https://api.openai.com/v1/chat/completions")
+    body, version = out.rsplit("\n", 1)
+    assert code == 0 and version == "2"  # h2 between client and proxy
+    assert json.loads(body)["rule"] == "no-card-numbers"  # judged, and blocked, over h2
+    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.verdict == "block")
+    assert rows[0].stage == "request" and rows[0].path == "/v1/chat/completions"
+    time.sleep(0.3)
+    assert plab.server_events(t0) == []
+    ok = plab.client("httpx-h2", "https://api.openai.com")
+    assert ok["ok"], ok
 
 
 def test_websocket_messages_judged_one_by_one(plab: ProxyLab) -> None:

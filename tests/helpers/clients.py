@@ -140,8 +140,7 @@ def httpx_post(base: str) -> dict[str, Any]:
 def httpx_h2(base: str) -> dict[str, Any]:
     import httpx
 
-    # http1=False: offer only h2 in ALPN (httpcore lists http/1.1 first otherwise).
-    with httpx.Client(http1=False, http2=True, timeout=15) as c:
+    with httpx.Client(http2=True, timeout=15) as c:
         r = c.post(base + "/v1/chat/completions", json={"model": "x", "messages": CHAT})
     return {"ok": r.status_code == 200, "status": r.status_code, "detail": r.http_version}
 
