@@ -747,6 +747,49 @@ def test_missing_and_unreadable_files(tmp_path: Path) -> None:
         Catalog.load([binary])
 
 
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=40),
+            st.sampled_from(["delete", "duplicate", "value", "key", "truncate"]),
+            st.text(max_size=12),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_mangled_catalog_gives_a_catalog_or_config_error(
+    edits: list[tuple[int, str, str]],
+) -> None:
+    """Any edit of a valid file: a parsed catalog or a ConfigError with a line, nothing else."""
+    lines = USER.splitlines()
+    for index, action, junk in edits:
+        i = index % len(lines)
+        if action == "delete":
+            del lines[i]
+        elif action == "duplicate":
+            lines.insert(i, lines[i])
+        elif action == "value" and "=" in lines[i]:
+            lines[i] = lines[i].split("=", 1)[0] + "= " + json.dumps(junk)
+        elif action == "key" and "=" in lines[i]:
+            lines[i] = junk + " =" + lines[i].split("=", 1)[1]
+        elif action == "truncate":
+            lines[i] = lines[i][: len(junk)]
+        if not lines:
+            lines = ["schema = 1"]
+    text = "\n".join(lines) + "\n"
+    try:
+        parsed = parse_catalog(text, "mangled.toml")
+    except ConfigError as e:
+        assert e.path == "mangled.toml"
+        assert e.line is None or 1 <= e.line <= len(lines)
+        assert str(e).startswith("mangled.toml")
+    else:
+        assert all(s.operator_country in ISO_COUNTRIES for s in parsed.services)
+        Catalog(parsed.services).match("llm.acme.example")
+
+
 def test_parse_catalog_accepts_the_shipped_text() -> None:
     parsed = parse_catalog(SHIPPED.read_text(), str(SHIPPED))
     assert len(parsed.services) >= 40
