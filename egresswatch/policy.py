@@ -56,6 +56,7 @@ from egresswatch.model import (
     GeoSource,
     MatchKind,
     Mode,
+    Observation,
     PayloadType,
     Sensor,
     Verdict,
@@ -338,83 +339,140 @@ class Rule:
     #: (matcher, value, line) of each catalog reference (service ids, categories)
     references: tuple[tuple[str, str, int | None], ...] = ()
 
-    #: all matchers above as one predicate on _Facts (compiled in __post_init__)
-    test: Callable[[_Facts], bool] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "test", _all(_compile_checks(self)))
-
     def matches(self, a: Assessment) -> bool:
-        """True when every matcher present matches (lists are any-of)."""
-        return self.test(_Facts(a))
+        """True when every matcher present matches (lists are any-of).
 
-
-class _Facts:
-    """What rules look at, computed once per decision instead of once per rule.
-
-    Enum sets become bit masks: hashing an Enum member runs Python code
-    (``Enum.__hash__``), so a frozenset test per rule would cost more than the rule.
-    """
-
-    __slots__ = (
-        "_host",
-        "_kinds",
-        "_payloads",
-        "a",
-        "address_cc",
-        "lookalike",
-        "official",
-        "operator_cc",
-    )
-
-    def __init__(self, a: Assessment) -> None:
-        self.a = a
-        match = a.service
-        self.official = match.service if match is not None and match.kind is _OFFICIAL else None
-        self.operator_cc = self.official.operator_country if self.official else UNKNOWN_COUNTRY
-        self.address_cc = a.geo.country or UNKNOWN_COUNTRY
-        self.lookalike = (match is not None and match.kind is _LOOKALIKE) or "lookalike" in a.flags
-        self._host: str | None = None
-        self._kinds = -1
-        self._payloads = -1
-
-    # the rest costs more and only some rules look at it: computed on first use
-
-    @property
-    def host(self) -> str:
-        """The name the flow was judged by (or its address), lower-case; '' when neither."""
-        if self._host is None:
-            host = self.a.host or self.a.observation.dst_addr
-            self._host = host.lower().rstrip(".") if host else ""
-        return self._host
-
-    @property
-    def kinds(self) -> int:
-        """Finding kinds as a bit mask (_FINDING_BITS)."""
-        if self._kinds < 0:
-            mask = 0
-            for finding in self.a.findings:
-                mask |= _FINDING_BITS[finding.kind._value_]
-            self._kinds = mask
-        return self._kinds
-
-    @property
-    def payloads(self) -> int:
-        """Payload types as a bit mask (_PAYLOAD_BITS)."""
-        if self._payloads < 0:
-            mask = 0
-            for payload in self.a.payload_types:
-                mask |= _PAYLOAD_BITS[payload._value_]
-            self._payloads = mask
-        return self._payloads
+        Compiles this one rule on each call: for tools and tests. ``Policy.decide`` runs
+        all rules through one chain compiled at load.
+        """
+        return _compile_chain((self,), self.name)(a) == 0
 
 
 _OFFICIAL = MatchKind.OFFICIAL
 _LOOKALIKE = MatchKind.LOOKALIKE
-# keyed by the plain string value, which hashes in C
+# Enum sets become bit masks keyed by the member's plain string value: hashing an Enum
+# member runs Python code (Enum.__hash__), a str hashes in C.
 _PAYLOAD_BITS = {m.value: 1 << i for i, m in enumerate(PayloadType)}
 _FINDING_BITS = {m.value: 1 << i for i, m in enumerate(FindingKind)}
 _SENSOR_BITS = {m.value: 1 << i for i, m in enumerate(Sensor)}
+
+#: Per-assessment values a rule chain may need, in dependency order: (name, needs, code).
+_PROLOGUE: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("match", (), "match = a.service"),
+    ("obs", (), "obs = a.observation"),
+    (
+        "official",
+        ("match",),
+        "off = match.service if match is not None and match.kind is _OFFICIAL else None",
+    ),
+    ("sid", ("official",), "sid = off.id if off is not None else None"),
+    ("cat", ("official",), "cat = off.category if off is not None else None"),
+    ("opcc", ("official",), "opcc = off.operator_country if off is not None else _ZZ"),
+    ("addrcc", (), "addrcc = a.geo.country or _ZZ"),
+    (
+        "lookalike",
+        ("match",),
+        "lookalike = (match is not None and match.kind is _LOOKALIKE) or 'lookalike' in a.flags",
+    ),
+    ("sensor", ("obs",), "sensor = _SENSOR_BITS[obs.sensor._value_]"),
+    ("port", ("obs",), "port = obs.dst_port"),
+    (
+        "pm",
+        (),
+        "pm = 0\n    for x in a.payload_types:\n        pm |= _PAYLOAD_BITS[x._value_]",
+    ),
+    (
+        "km",
+        (),
+        "km = 0\n    for x in a.findings:\n        km |= _FINDING_BITS[x.kind._value_]",
+    ),
+    (
+        "host",
+        ("obs",),
+        "host = a.host or obs.dst_addr\n    host = host.lower().rstrip('.') if host else ''",
+    ),
+)
+
+
+def _compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], int]:
+    """One function returning the index of the first rule that matches, or -1.
+
+    Each rule becomes one ``if`` of inlined tests (set lookups, bit masks, string
+    tests), and the values they test are computed once per assessment, so a rule
+    that does not match costs a few bytecodes rather than a chain of calls: a policy
+    with hundreds of rules stays within the inspector's budget.
+
+    The generated source holds only the fixed templates above and generated names
+    (``ac3``, ``pl2_0``); every value from the policy file is bound through the
+    namespace, never written into the code.
+    """
+    ns: dict[str, Any] = {
+        "_OFFICIAL": _OFFICIAL,
+        "_LOOKALIKE": _LOOKALIKE,
+        "_ZZ": UNKNOWN_COUNTRY,
+        "_PAYLOAD_BITS": _PAYLOAD_BITS,
+        "_FINDING_BITS": _FINDING_BITS,
+        "_SENSOR_BITS": _SENSOR_BITS,
+    }
+    need: set[str] = set()
+    body: list[str] = []
+    for i, r in enumerate(rules):
+        conds: list[str] = []
+
+        def bind(tag: str, value: Any, i: int = i) -> str:
+            name = f"{tag}{i}"
+            ns[name] = value
+            return name
+
+        if r.lookalike is not None:
+            need.add("lookalike")
+            conds.append("lookalike" if r.lookalike else "not lookalike")
+        if r.service is not None:
+            need.add("sid")
+            conds.append(f"sid in {bind('sv', r.service)}")
+        if r.category is not None:
+            need.add("cat")
+            conds.append(f"cat in {bind('ca', r.category)}")
+        if r.operator_country is not None:
+            need.add("opcc")
+            conds.append(f"opcc in {bind('oc', r.operator_country)}")
+        if r.address_country is not None:
+            need.add("addrcc")
+            conds.append(f"addrcc in {bind('ac', r.address_country)}")
+        if r.sensor is not None:
+            need.add("sensor")
+            conds.append(f"sensor & {bind('se', _mask(_SENSOR_BITS, r.sensor))}")
+        if r.port is not None:
+            need.add("port")
+            ranges = []
+            for j, (lo, hi) in enumerate(r.port):
+                ranges.append(f"{bind(f'pl{j}_', lo)} <= port <= {bind(f'ph{j}_', hi)}")
+            conds.append(f"(port is not None and ({' or '.join(ranges)}))")
+        if r.payload is not None:
+            need.add("pm")
+            conds.append(f"pm & {bind('pt', _mask(_PAYLOAD_BITS, r.payload))}")
+        if r.finding is not None:
+            need.add("km")
+            conds.append(f"km & {bind('fk', _mask(_FINDING_BITS, r.finding))}")
+        if r.flag is not None:
+            conds.append(f"not {bind('fl', r.flag)}.isdisjoint(a.flags)")
+        if r.host is not None:
+            need.add("host")
+            conds.append(f"{bind('ho', r.host.match)}(host)")
+        if r.client is not None:
+            need.add("obs")
+            conds.append(f"{bind('cl', _client_matcher(r.client))}(obs)")
+        body.append(f"    if {' and '.join(conds) or 'True'}:\n        return {i}")
+
+    wanted = set(need)
+    for name, deps, _ in reversed(_PROLOGUE):  # close over dependencies
+        if name in wanted:
+            wanted.update(deps)
+    prologue = [f"    {code}" for name, _, code in _PROLOGUE if name in wanted]
+    src = "\n".join(["def _first(a):", *prologue, *body, "    return -1", ""])
+    exec(compile(src, f"<policy rules: {label}>", "exec"), ns)
+    first: Callable[[Assessment], int] = ns["_first"]
+    return first
 
 
 def _mask(bits: Mapping[str, int], members: Iterable[enum.Enum]) -> int:
@@ -424,80 +482,17 @@ def _mask(bits: Mapping[str, int], members: Iterable[enum.Enum]) -> int:
     return mask
 
 
-def _compile_checks(r: Rule) -> tuple[Callable[[_Facts], bool], ...]:
-    """One small predicate per matcher present: set lookups, bit masks and string tests."""
-    checks: list[Callable[[_Facts], bool]] = []
-    if r.lookalike is not None:
-        want = r.lookalike
-        checks.append(lambda f: f.lookalike is want)
-    if r.service is not None:
-        ids = r.service
-        checks.append(lambda f: f.official is not None and f.official.id in ids)
-    if r.category is not None:
-        cats = r.category
-        checks.append(lambda f: f.official is not None and f.official.category in cats)
-    if r.operator_country is not None:
-        ops = r.operator_country
-        checks.append(lambda f: f.operator_cc in ops)
-    if r.address_country is not None:
-        addrs = r.address_country
-        checks.append(lambda f: f.address_cc in addrs)
-    if r.sensor is not None:
-        sensors = _mask(_SENSOR_BITS, r.sensor)
-        checks.append(lambda f: bool(_SENSOR_BITS[f.a.observation.sensor._value_] & sensors))
-    if r.port is not None:
-        ranges = r.port
-        checks.append(lambda f: _port_in(f.a.observation.dst_port, ranges))
-    if r.payload is not None:
-        payloads = _mask(_PAYLOAD_BITS, r.payload)
-        checks.append(lambda f: bool(f.payloads & payloads))
-    if r.finding is not None:
-        kinds = _mask(_FINDING_BITS, r.finding)
-        checks.append(lambda f: bool(f.kinds & kinds))
-    if r.flag is not None:
-        flags = r.flag
-        checks.append(lambda f: not flags.isdisjoint(f.a.flags))
-    if r.host is not None:
-        host_match = r.host.match
-        checks.append(lambda f: host_match(f.host))
-    if r.client is not None:
-        client_glob = r.client
-        checks.append(lambda f: _client_in(f.a, client_glob))
-    return tuple(checks)
+def _client_matcher(glob: _Glob) -> Callable[[Observation], bool]:
+    """Client globs test the address, the app hint and the process name, lower-cased."""
+    match = glob.match
 
-
-def _all(checks: tuple[Callable[[_Facts], bool], ...]) -> Callable[[_Facts], bool]:
-    """One callable for a rule: its single check itself, or a loop over several."""
-    if not checks:
-        return lambda f: True
-    if len(checks) == 1:
-        return checks[0]
-
-    def test(f: _Facts) -> bool:
-        # a plain loop: about twice as fast as all() over a generator on this hot path
-        for check in checks:  # noqa: SIM110
-            if not check(f):
-                return False
-        return True
+    def test(obs: Observation) -> bool:
+        for value in (obs.client_addr, obs.client_app, obs.client_process):
+            if value is not None and match(value.lower()):
+                return True
+        return False
 
     return test
-
-
-def _port_in(port: int | None, ranges: tuple[tuple[int, int], ...]) -> bool:
-    if port is None:
-        return False
-    for lo, hi in ranges:  # noqa: SIM110 - hot path, see _all
-        if lo <= port <= hi:
-            return True
-    return False
-
-
-def _client_in(a: Assessment, glob: _Glob) -> bool:
-    obs = a.observation
-    for value in (obs.client_addr, obs.client_app, obs.client_process):
-        if value is not None and glob.match(value.lower()):
-            return True
-    return False
 
 
 def _is_lookalike(a: Assessment) -> bool:
@@ -534,6 +529,12 @@ class Policy:
     #: rules split by where they apply (``local = true`` rules see only local flows)
     _local_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
     _egress_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False, default=())
+    _local_first: Callable[[Assessment], int] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+    _egress_first: Callable[[Assessment], int] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
     _approved_text: str = field(init=False, repr=False, compare=False, default="")
     _passthrough: _Glob | None = field(init=False, repr=False, compare=False, default=None)
 
@@ -542,6 +543,12 @@ class Policy:
         object.__setattr__(
             self, "_egress_rules", tuple(r for r in self.rules if r.local is not True)
         )
+        if self._local_rules:
+            chain = _compile_chain(self._local_rules, f"{self.source} local")
+            object.__setattr__(self, "_local_first", chain)
+        if self._egress_rules:
+            chain = _compile_chain(self._egress_rules, self.source)
+            object.__setattr__(self, "_egress_first", chain)
         object.__setattr__(self, "_approved_text", ", ".join(self.approved) or "none")
         if self.passthrough_hosts:
             object.__setattr__(self, "_passthrough", _Glob(self.passthrough_hosts))
@@ -613,17 +620,17 @@ class Policy:
         """The verdict for one assessment: pure, no I/O."""
         a = assessment
         if a.geo.source is GeoSource.LOCAL:
-            if self._local_rules:
-                local_facts = _Facts(a)
-                for rule in self._local_rules:
-                    if rule.test(local_facts):
-                        return self._rule_verdict(rule, a)
+            if self._local_first is not None:
+                i = self._local_first(a)
+                if i >= 0:
+                    return self._rule_verdict(self._local_rules[i], a)
             return Verdict(Action.ALLOW, "local", _local_reason(a), self.mode)
 
-        facts = _Facts(a) if self._egress_rules else None
-        for rule in self._egress_rules:
-            if not rule.test(facts):  # type: ignore[arg-type]  # not None when rules exist
-                continue
+        if self._egress_first is not None:
+            i = self._egress_first(a)
+            if i < 0:
+                return self._check(a)
+            rule = self._egress_rules[i]
             if rule.action is not Action.ALERT:
                 return self._rule_verdict(rule, a)
             # An alert marks a flow; it must not exempt it from the jurisdiction checks.

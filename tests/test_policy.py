@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egresswatch.errors import ConfigError
-from egresswatch.model import Action, Mode, Sensor
+from egresswatch.model import Action, Assessment, MatchKind, Mode, Sensor
 from egresswatch.policy import (
     BUILTIN_RULES,
     COUNTRY_GROUPS,
@@ -20,6 +20,7 @@ from egresswatch.policy import (
     ISO_COUNTRIES,
     MATCHERS,
     Policy,
+    Rule,
 )
 from egresswatch.ports import PolicyLike
 
@@ -1086,11 +1087,23 @@ def test_every_matcher_is_documented() -> None:
 
 # ------------------------------------------------------------------ properties
 
-_countries = st.sampled_from([None, "CN", "US", "DE", "JP", "RU", "NO"])
+_countries = st.sampled_from([None, "CN", "US", "DE", "JP", "RU", "NO", "FR"])
 _assessments = st.builds(
     assess,
-    host=st.sampled_from([None, "api.deepseek.com", "api.openai.com", "x.lab.internal", "a.b"]),
-    addr=st.sampled_from([None, "203.0.113.1", "198.51.100.2", "2001:db8::1"]),
+    host=st.sampled_from(
+        [
+            None,
+            "api.deepseek.com",
+            "api.openai.com",
+            "x.lab.internal",
+            "GPU.Lab.Internal.",
+            "a.b",
+            "x.unknown-op.example",
+            "localhost",
+            "1-courier.push.apple.com",
+        ]
+    ),
+    addr=st.sampled_from([None, "203.0.113.1", "198.51.100.2", "192.0.2.7", "2001:db8::1"]),
     country=_countries,
     service=st.sampled_from([None, "deepseek", "openai", "huggingface", "sentry"]),
     lookalike=st.booleans(),
@@ -1102,7 +1115,10 @@ _assessments = st.builds(
         st.sampled_from(["email", "phone", "api-key", "private-key"]), max_size=6
     ).map(tuple),
     flags=st.lists(st.sampled_from(["name-mismatch", "ech", "lookalike"]), max_size=2).map(tuple),
-    port=st.sampled_from([None, 443, 11434, 8444]),
+    port=st.sampled_from([None, 443, 1234, 8000, 8080, 8081, 8082, 11434, 8444]),
+    client_addr=st.sampled_from([None, "127.0.0.1", "10.9.0.7"]),
+    client_app=st.sampled_from([None, "CI-Bot/2", "curl/8", "OpenAI/Python 1.40"]),
+    client_process=st.sampled_from([None, "ci-bot/worker", "python3"]),
     local=st.booleans(),
     sensor=st.sampled_from(list(Sensor)),
 )
@@ -1239,3 +1255,54 @@ def test_shipped_policies_reference_only_catalogued_names() -> None:
     ids = [s.id for s in Catalog.load().services]
     for policy in (Policy.default(), Policy.example()):
         assert policy.unknown_references(ids, CATEGORIES) == []
+
+
+def _naive_matches(rule: Rule, a: Assessment) -> bool:
+    """An independent, obviously-correct reading of the matchers (docs/policy.md)."""
+    import fnmatch
+
+    m = a.service
+    official = m.service if m is not None and m.kind is MatchKind.OFFICIAL else None
+    obs = a.observation
+    host = (a.host or obs.dst_addr or "").lower().rstrip(".")
+    tests = {
+        "service": lambda: official is not None and official.id in rule.service,
+        "category": lambda: official is not None and official.category in rule.category,
+        "operator_country": lambda: (
+            (official.operator_country if official else "ZZ") in rule.operator_country
+        ),
+        "address_country": lambda: (a.geo.country or "ZZ") in rule.address_country,
+        "payload": lambda: any(p in rule.payload for p in a.payload_types),
+        "finding": lambda: any(f.kind in rule.finding for f in a.findings),
+        "flag": lambda: any(f in rule.flag for f in a.flags),
+        "sensor": lambda: obs.sensor in rule.sensor,
+        "port": lambda: (
+            obs.dst_port is not None and any(lo <= obs.dst_port <= hi for lo, hi in rule.port)
+        ),
+        "lookalike": lambda: (
+            rule.lookalike
+            == ((m is not None and m.kind is MatchKind.LOOKALIKE) or "lookalike" in a.flags)
+        ),
+        "host": lambda: any(fnmatch.fnmatchcase(host, p) for p in rule.host.patterns),
+        "client": lambda: any(
+            v is not None and fnmatch.fnmatchcase(v.lower(), p)
+            for v in (obs.client_addr, obs.client_app, obs.client_process)
+            for p in rule.client.patterns
+        ),
+    }
+    return all(test() for key, test in tests.items() if getattr(rule, key) is not None)
+
+
+@settings(max_examples=400, deadline=None)
+@given(a=_assessments)
+def test_compiled_rules_agree_with_a_naive_reading(a: Assessment) -> None:
+    for policy in (_RULES, Policy.example(), Policy.default()):
+        for rules, chain in (
+            (policy._egress_rules, policy._egress_first),
+            (policy._local_rules, policy._local_first),
+        ):
+            expected = next((i for i, r in enumerate(rules) if _naive_matches(r, a)), -1)
+            got = chain(a) if chain is not None else -1
+            assert got == expected, (policy.source, rules[max(got, expected)].name)
+            for rule in rules:
+                assert rule.matches(a) == _naive_matches(rule, a)
