@@ -22,6 +22,7 @@ from the ``publicsuffixlist`` wheel (its bundled copy; nothing is fetched).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import ipaddress
 import re
@@ -320,8 +321,9 @@ def _split_pattern(domain: str) -> tuple[str, _Pattern | None]:
 class Catalog:
     """Services by domain, with official and lookalike matching. Implements ``ports.ServiceLookup``.
 
-    Build one with :meth:`load` (shipped file plus user files) or directly from
-    :class:`~egresswatch.model.Service` values. Immutable after construction;
+    Build one with :meth:`load` (shipped file plus user files, validated) or
+    directly from :class:`~egresswatch.model.Service` values (not validated: for
+    tests and embedding). Immutable after construction;
     ``match`` is cached (bounded LRU) and safe to call from several threads.
     """
 
@@ -544,25 +546,8 @@ class _Entry:
     references: tuple[str, ...]
 
     def with_domains(self, domains: tuple[str, ...]) -> _Entry:
-        s = self.service
         return _Entry(
-            Service(
-                id=s.id,
-                name=s.name,
-                operator=s.operator,
-                operator_country=s.operator_country,
-                category=s.category,
-                domains=domains,
-                contracting_entity=s.contracting_entity,
-                contracting_country=s.contracting_country,
-                residency=s.residency,
-                api_paths=s.api_paths,
-                brands=s.brands,
-                unverified=s.unverified,
-                notes=s.notes,
-            ),
-            self.label_brands,
-            self.references,
+            dataclasses.replace(self.service, domains=domains), self.label_brands, self.references
         )
 
 
