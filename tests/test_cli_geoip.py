@@ -309,3 +309,12 @@ def test_build_notes_local_ranges_but_writes_them(tmp_path: Path) -> None:
         assert reader.get("10.1.2.3") == {"country": {"iso_code": "CN"}}  # other readers see it
     looked = run("lookup", "--json", "--country-db", out, "--geoip-dir", tmp_path, "10.1.2.3")
     assert json.loads(looked.stdout)[0]["source"] == "local"
+
+
+def test_info_with_a_corrupt_file_in_the_folder_exit_3(lab_dir: Path) -> None:
+    (lab_dir / "GeoLite2-Country.mmdb").write_bytes(b"\x1f\x8b\x08\x00 half a download")
+    result = run("info", "--geoip-dir", lab_dir)
+    assert result.exit_code == 3
+    [line] = result.stderr.splitlines()
+    assert "GeoLite2-Country.mmdb" in line and "gzip-compressed" in line
+    assert result.stdout == ""

@@ -647,6 +647,29 @@ def test_ranges_csv_errors_name_line_and_field(
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("203.0.113.0/24", "203.0.113.0/24"),
+        ("203.0.113.7", "203.0.113.7/32"),
+        ("2001:db8::/32", "2001:db8::/32"),
+        ("2001:DB8::1", "2001:db8::1/128"),
+        ("::ffff:203.0.113.0/120", "203.0.113.0/24"),  # mapped: judged as IPv4
+        ("::ffff:0:0/96", "0.0.0.0/0"),
+        ("::/96", "::/96"),  # IPv4-compatible (deprecated) is not mapped
+    ],
+)
+def test_parse_network(text: str, expected: str) -> None:
+    assert str(geo.parse_network(text)) == expected
+
+
+def test_mapped_override_matches_ipv4_lookups(tmp_path: Path) -> None:
+    (tmp_path / "overrides.csv").write_text("network,country\n::ffff:203.0.113.0/120,JP\n")
+    with GeoChain.from_paths(geoip_dir=tmp_path) as chain:
+        assert chain.lookup("203.0.113.1").country == "JP"
+        assert chain.lookup("::ffff:203.0.113.1").country == "JP"
+
+
 def test_ranges_csv_forms(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     path.write_text(

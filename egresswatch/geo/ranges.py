@@ -43,16 +43,28 @@ OVERRIDE_COLUMNS = ("network", "country", "label", "asn", "org")
 
 
 def parse_network(text: str) -> IPNetwork:
-    """``203.0.113.0/24`` or a bare address (a /32 or /128). Raises ValueError saying why."""
+    """``203.0.113.0/24`` or a bare address (a /32 or /128). Raises ValueError saying why.
+
+    IPv4-mapped networks (``::ffff:203.0.113.0/120``) become the IPv4 network
+    they stand for: lookups judge mapped addresses as IPv4 (RFC 4291 §2.5.5.2),
+    so a mapped entry would otherwise never match.
+    """
     text = text.strip()
     try:
-        return ipaddress.ip_network(text, strict=True)
+        net = ipaddress.ip_network(text, strict=True)
     except ValueError as e:
         try:
             loose = ipaddress.ip_network(text, strict=False)
         except ValueError:
             raise ValueError(f"{text!r} is not a network (write e.g. 203.0.113.0/24)") from e
         raise ValueError(f"{text!r} has host bits set; did you mean {loose}?") from e
+    if (
+        isinstance(net, ipaddress.IPv6Network)
+        and net.prefixlen >= 96
+        and net.network_address.ipv4_mapped is not None
+    ):
+        return ipaddress.IPv4Network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
 
 
 def parse_country(text: str) -> str:
