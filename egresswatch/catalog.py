@@ -44,6 +44,7 @@ __all__ = [
     "CUSTOMER_REGION",
     "ISO_COUNTRIES",
     "Catalog",
+    "api_path_match",
     "normalize_host",
     "skeleton",
 ]
@@ -534,6 +535,32 @@ class Catalog:
     def cache_info(self) -> Any:
         """Hits, misses and size of the match cache (functools.lru_cache statistics)."""
         return self._cached.cache_info()
+
+
+# ----------------------------------------------------------------- API paths
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_regex(shape: str) -> re.Pattern[str]:
+    # '*' stands for part or all of one path segment; the shape is a prefix that
+    # ends on a segment boundary (or ends with '/', ':' or '*' itself).
+    body = "[^/?#]*".join(re.escape(part) for part in shape.split("*"))
+    tail = "" if shape.endswith(("/", ":", "*")) else r"(?=$|[/?#:])"
+    return re.compile(body + tail)
+
+
+def api_path_match(service: Service, path: str) -> str | None:
+    """The service's ``api_paths`` entry a request path matches, most specific first, or None.
+
+    An entry is a path prefix on a segment boundary (``/v1/files`` matches
+    ``/v1/files/abc`` but not ``/v1/filesystem``); ``*`` stands for part or all
+    of one segment (``/v1beta/models/*:generateContent``). The query string is ignored.
+    """
+    best: str | None = None
+    for shape in service.api_paths:
+        if (best is None or len(shape) > len(best)) and _path_regex(shape).match(path):
+            best = shape
+    return best
 
 
 # ------------------------------------------------------------------- parsing

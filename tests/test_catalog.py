@@ -22,6 +22,7 @@ from egresswatch.catalog import (
     CUSTOMER_REGION,
     ISO_COUNTRIES,
     Catalog,
+    api_path_match,
     normalize_host,
     parse_catalog,
     skeleton,
@@ -438,6 +439,42 @@ def test_lookalike_rules_are_configurable() -> None:
     ignoring = Catalog([svc], ignore_words={"acmeair"})
     assert ignoring.match("acmeairlines.example") is None
     assert ignoring.match("acmeai.example") is not None
+
+
+# ----------------------------------------------------------------- API paths
+
+
+@pytest.mark.parametrize(
+    ("sid", "path", "expected"),
+    [
+        ("openai-api", "/v1/chat/completions", "/v1/chat/completions"),
+        ("openai-api", "/v1/chat/completions?stream=true", "/v1/chat/completions"),
+        ("openai-api", "/v1/files/file-abc/content", "/v1/files"),
+        ("openai-api", "/v1/filesystem", None),  # prefixes end on a segment boundary
+        ("openai-api", "/v1/audio/transcriptions", "/v1/audio/"),
+        ("openai-api", "/v2/chat/completions", None),
+        ("gemini-api", "/v1beta/models/gemini-2.5-pro:generateContent",
+         "/v1beta/models/*:generateContent"),
+        ("gemini-api", "/v1beta/models/gemini-2.5-pro:streamGenerateContent?alt=sse",
+         "/v1beta/models/*:streamGenerateContent"),
+        ("gemini-api", "/v1beta/cachedContents", "/v1beta/"),
+        ("hf-hub", "/Qwen/Qwen3-8B/resolve/main/model.safetensors", "/*/*/resolve/"),
+        ("hf-hub", "/gpt2/resolve/main/config.json", "/*/resolve/"),
+        ("hf-hub", "/datasets/org/name/resolve/main/train.parquet", "/datasets/*/*/resolve/"),
+        ("hf-hub", "/api/telemetry/https%3A/api.gradio.app/gradio-launched-telemetry",
+         "/api/telemetry/"),
+        ("ollama-com", "/api/experimental/model-recommendations",
+         "/api/experimental/model-recommendations"),
+        ("ollama-registry", "/v2/library/llama3/manifests/latest", "/v2/"),
+        ("cloudflare-ai-gateway", "/v1/acct/gw/openai/chat/completions", "/v1/*/*/*"),
+        ("cloudflare-ai-gateway", "/v1/acct", None),
+        ("aws-bedrock", "/model/anthropic.claude-3/converse-stream", "/model/*/converse-stream"),
+    ],
+)  # fmt: skip
+def test_api_path_match(cat: Catalog, sid: str, path: str, expected: str | None) -> None:
+    service = cat.get(sid)
+    assert service is not None
+    assert api_path_match(service, path) == expected
 
 
 # ------------------------------------------------------------------- caching
