@@ -29,7 +29,6 @@ import heapq
 import itertools
 import json
 import os
-import queue
 import random
 import socket
 import threading
@@ -38,7 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -532,9 +531,6 @@ class _Open:
     sent_count: int = 1
 
 
-_STOP = object()
-
-
 class AlertSink:
     """A :class:`~egresswatch.ports.Sink` that raises deduplicated alerts on channels.
 
@@ -563,7 +559,12 @@ class AlertSink:
         #: alerts raised after deduplication, and occurrences folded into them
         self.raised = 0
         self.folded = 0
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
+        # record() appends to a deque (atomic under the GIL, no lock) and sets an event
+        # only when the dispatcher sleeps: a queue.Queue costs a lock and a notify per put
+        self._pending: deque[tuple[Decision, float]] = deque()
+        self._queue_size = queue_size
+        self._wake = threading.Event()
+        self._stopping = False
         self._workers = [_Worker(c, self._emit_state, channel_queue) for c in channels]
         self._open: dict[tuple[str, str, str], _Open] = {}
         self._closed = False
@@ -589,10 +590,12 @@ class AlertSink:
     def record(self, decision: Decision) -> None:
         if decision.verdict.action is Action.ALLOW or self._closed:
             return
-        try:
-            self._queue.put_nowait((decision, self._clock()))
-        except queue.Full:
+        if len(self._pending) >= self._queue_size:
             self.dropped += 1
+            return
+        self._pending.append((decision, self._clock()))
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flow_closed(self, event: FlowClosed) -> None:
         return None
@@ -603,7 +606,8 @@ class AlertSink:
             return
         self._closed = True
         deadline = time.monotonic() + timeout
-        self._queue.put(_STOP)  # blocking put: the dispatcher is draining, it will make room
+        self._stopping = True
+        self._wake.set()
         self._thread.join(timeout)
         for worker in self._workers:
             worker.close(deadline)
@@ -621,23 +625,25 @@ class AlertSink:
         while True:
             timeout = None
             if self._open:
-                oldest = min(o.opened for o in self._open.values())
+                # windows open in arrival order and a re-opened key moves to the end,
+                # so the dict's first entry is always the next to expire
+                oldest = next(iter(self._open.values())).opened
                 timeout = max(0.0, oldest + self.window - self._clock())
-            try:
-                item = self._queue.get(timeout=timeout)
-            except queue.Empty:
-                item = None
-            if item is _STOP:
+            self._wake.wait(timeout)
+            self._wake.clear()  # before draining: an append after this sets it again
+            while self._pending:
+                decision, at = self._pending.popleft()
+                self._occurrence(decision, at)
+            now = self._clock()
+            while self._open:
+                key, o = next(iter(self._open.items()))
+                if now - o.opened < self.window:
+                    break
+                self._expire(key)
+            if self._stopping and not self._pending:
                 for key in list(self._open):
                     self._expire(key)
                 return
-            if item is not None:
-                assert isinstance(item, tuple)
-                self._occurrence(item[0], item[1])
-            now = self._clock()
-            for key, o in list(self._open.items()):
-                if now - o.opened >= self.window:
-                    self._expire(key)
 
     def _occurrence(self, decision: Decision, at: float) -> None:
         key = self._key(decision)

@@ -221,6 +221,17 @@ class _GeoCollector(Collector):
         return [family]
 
 
+@dataclass(slots=True)
+class _Row:
+    """The metric children of one (sensor, source, service, country, verdict) label set."""
+
+    flows: Counter
+    decisions: Counter
+    blocked: Counter | None
+    alerts: Counter | None
+    latency: Histogram
+
+
 class Metrics:
     """A :class:`~egresswatch.ports.Sink` that counts decisions in Prometheus metrics.
 
@@ -302,6 +313,10 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(sensor_name, __version__, platform.python_version()).set(1)
+        self._rows: dict[tuple[tuple[str, str, str, str], str], _Row] = {}
+        self._payload_rows: dict[tuple[Any, ...], Counter] = {}
+        self._finding_rows: dict[tuple[Any, ...], Counter] = {}
+        self._countries: dict[str | None, str] = {}
         self._store_collector: _StoreCollector | None = None
         self._geo_collector: _GeoCollector | None = None
 
@@ -315,18 +330,41 @@ class Metrics:
         return OTHER_SERVICE
 
     def _labels(self, decision: Decision) -> tuple[str, str, str, str]:
+        raw = decision.assessment.geo.country
+        country = self._countries.get(raw)
+        if country is None:
+            country = country_label(raw)
+            if len(self._countries) < 4096:  # GeoIP answers are ISO codes: a few hundred
+                self._countries[raw] = country
         return (
             self.sensor,
             str(decision.observation.sensor),
             self.service_label(decision),
-            country_label(decision.assessment.geo.country),
+            country,
         )
 
     # -- Sink --------------------------------------------------------------------
 
+    def _children(self, labels: tuple[str, str, str, str], verdict: str, action: Action) -> _Row:
+        # labels() hashes and validates on every call (several µs each): cache the
+        # children per label set, which is bounded like the labels themselves
+        key = (labels, verdict)
+        row = self._rows.get(key)
+        if row is None:
+            row = _Row(
+                flows=self.flows.labels(*labels),
+                decisions=self.decisions.labels(*labels, verdict),
+                blocked=self.blocked.labels(*labels, verdict) if action is Action.BLOCK else None,
+                alerts=self.alerts.labels(*labels, verdict) if action is not Action.ALLOW else None,
+                latency=self.latency.labels(self.sensor, labels[1]),
+            )
+            self._rows[key] = row
+        return row
+
     def record(self, decision: Decision) -> None:
         labels = self._labels(decision)
         verdict = decision.verdict.label
+        row = self._children(labels, verdict, decision.verdict.action)
         flow_id = decision.observation.flow_id
         with self._lock:
             new_flow = flow_id not in self._flows
@@ -335,18 +373,28 @@ class Metrics:
                 if len(self._flows) > FLOW_TABLE_SIZE:
                     self._flows.popitem(last=False)
         if new_flow:
-            self.flows.labels(*labels).inc()
-        self.decisions.labels(*labels, verdict).inc()
-        for payload_type in decision.assessment.payload_types:
-            self.payloads.labels(*labels, str(payload_type), verdict).inc()
-        for finding in decision.assessment.findings:
-            self.findings.labels(*labels, str(finding.kind)).inc()
-        action = decision.verdict.action
-        if action is Action.BLOCK:
-            self.blocked.labels(*labels, verdict).inc()
-        if action is not Action.ALLOW:
-            self.alerts.labels(*labels, verdict).inc()
-        self.latency.labels(self.sensor, labels[1]).observe(max(0.0, decision.elapsed))
+            row.flows.inc()
+        row.decisions.inc()
+        assessment = decision.assessment
+        for payload_type in assessment.payload_types:
+            pkey = (labels, payload_type, verdict)
+            child = self._payload_rows.get(pkey)
+            if child is None:
+                child = self.payloads.labels(*labels, str(payload_type), verdict)
+                self._payload_rows[pkey] = child
+            child.inc()
+        for finding in assessment.findings:
+            fkey = (labels, finding.kind)
+            child = self._finding_rows.get(fkey)
+            if child is None:
+                child = self.findings.labels(*labels, str(finding.kind))
+                self._finding_rows[fkey] = child
+            child.inc()
+        if row.blocked is not None:
+            row.blocked.inc()
+        if row.alerts is not None:
+            row.alerts.inc()
+        row.latency.observe(max(0.0, decision.elapsed))
 
     def flow_closed(self, event: FlowClosed) -> None:
         with self._lock:
