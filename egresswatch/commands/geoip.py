@@ -121,7 +121,7 @@ def lookup(addresses: tuple[str, ...], as_json: bool, **params: Any) -> None:
         return
     table = Table()
     for col in ("address", "country", "ASN", "organisation", "label", "source"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for addr, answer in answers:
         table.add_row(
             addr,
