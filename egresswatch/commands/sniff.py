@@ -152,6 +152,11 @@ def _inspector(params: dict[str, Any]) -> InspectFn:
 def _live(sniffer: Sniffer, interfaces: list[str], bpf: str, params: dict[str, Any]) -> None:
     cap = LiveCapture(sniffer, interfaces, bpf)
     cap.open()
+    click.echo(
+        f"egresswatch: capturing on {', '.join(interfaces)}"
+        + (" (default filter)" if bpf == DEFAULT_BPF else f" (filter: {bpf})"),
+        err=True,
+    )
     previous = signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, lambda *_: cap.stop())
     try:
@@ -172,7 +177,6 @@ class _Printer:
         self.rows: list[FlowSummary] = []
         self.broken = False
         self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
 
     def flow(self, summary: FlowSummary) -> None:
         if self.as_json:
@@ -203,7 +207,7 @@ class _Printer:
             line += f", kernel: {st.kernel_packets} received, {st.kernel_drops} dropped"
         if st.inspector_errors:
             line += f", {st.inspector_errors} inspector errors"
-        self.err.print(escape(line))
+        click.echo(line, err=True)
 
     def _table(self) -> None:
         table = Table(box=None, pad_edge=False)

@@ -194,6 +194,7 @@ class LiveCapture:
 
     def open(self) -> None:
         """Open the sockets; raises CaptureError for permission, interface and filter problems."""
+        import scapy.layers.l2  # noqa: F401  (registers Ether, else scapy warns per socket)
         from scapy.arch.linux import L2ListenSocket
         from scapy.error import Scapy_Exception
 
