@@ -31,6 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -212,8 +213,12 @@ class _GeoCollector(Collector):
             if isinstance(db, tuple):
                 name, epoch = db
             else:
-                name = _get(db, "name") or _get(db, "database_type")
+                # GeoDatabase here, geo.mmdb.GeoDatabase (database_type, build_epoch)
+                # or geo's DatabaseInfo (type, built) from GeoChain.databases()
+                name = _get(db, "name") or _get(db, "database_type") or _get(db, "type")
                 epoch = _get(db, "build_epoch")
+                if epoch is None and isinstance(_get(db, "built"), datetime):
+                    epoch = _get(db, "built").timestamp()
             if not name or epoch is None or str(name) in seen:
                 continue
             seen.add(str(name))
@@ -433,7 +438,9 @@ class Metrics:
         """Report the age of each GeoIP database, read at scrape time.
 
         ``databases()`` yields :class:`GeoDatabase`-like objects (``name`` or
-        ``database_type``, and ``build_epoch``) or ``(name, build_epoch)`` pairs.
+        ``database_type``, and ``build_epoch``), ``geo`` ``DatabaseInfo`` rows
+        (``type``, ``built``; so ``GeoChain.databases`` works as is) or
+        ``(name, build_epoch)`` pairs.
         """
         if self._geo_collector is not None:
             self.registry.unregister(self._geo_collector)

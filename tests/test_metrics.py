@@ -414,3 +414,23 @@ def test_real_prometheus_scrapes_and_queries(tmp_path: Path) -> None:
                 proc.kill()
                 proc.wait(5)
             log.close()
+
+
+def test_geoip_age_from_a_real_geo_chain(tmp_path: Path) -> None:
+    from helpers.geoip import lab_chain
+
+    chain = lab_chain(tmp_path)
+    registry, m = _metrics()
+    m.watch_geoip(chain.databases)
+    text = generate_latest(registry).decode()
+    chain.close()
+    samples = [
+        s
+        for f in text_string_to_metric_families(text)
+        if f.name == "egresswatch_geoip_database_age_seconds"
+        for s in f.samples
+    ]
+    assert len(samples) == 1
+    assert str(tmp_path) not in text  # the database type, never its path
+    # the lab database was built moments ago
+    assert 0 <= samples[0].value < 3600
