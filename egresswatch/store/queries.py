@@ -329,9 +329,13 @@ def verdicts_over_time(
     """Flows per verdict per time bucket (bucket start = floor(ts / size) * size)."""
     if bucket_seconds <= 0:
         raise ValueError("bucket_seconds must be positive")
-    # floor() is not portable (SQLite has it only since 3.35 with math functions);
-    # CAST(... AS INTEGER) truncates, which equals floor for the positive times we store.
-    bucket = cast(Flow.ts / bucket_seconds, BigInteger)
+    # floor() is not portable: SQLite has it only when built with math functions
+    # (3.35+, SQLITE_ENABLE_MATH_FUNCTIONS); there CAST truncates, which is floor for the
+    # positive times we store. PostgreSQL's CAST rounds, so it gets floor().
+    if store.dialect == "sqlite":
+        bucket = cast(Flow.ts / bucket_seconds, BigInteger)
+    else:
+        bucket = cast(func.floor(Flow.ts / bucket_seconds), BigInteger)
     stmt = flt.apply(select(bucket, Flow.verdict, func.count())).group_by(bucket, Flow.verdict)
     stmt = stmt.order_by(bucket, Flow.verdict)
     with store.connect() as conn:
