@@ -391,6 +391,13 @@ _PROLOGUE: tuple[tuple[str, tuple[str, ...], str], ...] = (
         ("obs",),
         "host = a.host or obs.dst_addr\n    host = host.lower().rstrip('.') if host else ''",
     ),
+    (
+        # every '.label...' suffix of the host: '*.example.com' becomes one set lookup
+        "hsfx",
+        ("host",),
+        "hsfx = set()\n    i = host.find('.')\n    while i >= 0:\n"
+        "        hsfx.add(host[i:])\n        i = host.find('.', i + 1)",
+    ),
 )
 
 
@@ -457,8 +464,7 @@ def _compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], 
         if r.flag is not None:
             conds.append(f"not {bind('fl', r.flag)}.isdisjoint(a.flags)")
         if r.host is not None:
-            need.add("host")
-            conds.append(f"{bind('ho', r.host.match)}(host)")
+            conds.append(_host_test(r.host, bind, need))
         if r.client is not None:
             need.add("obs")
             conds.append(f"{bind('cl', _client_matcher(r.client))}(obs)")
@@ -473,6 +479,33 @@ def _compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], 
     exec(compile(src, f"<policy rules: {label}>", "exec"), ns)
     first: Callable[[Assessment], int] = ns["_first"]
     return first
+
+
+def _host_test(glob: _Glob, bind: Callable[[str, Any], str], need: set[str]) -> str:
+    """The inlined host test: set lookups for literals and '*.domain' patterns.
+
+    ``str.endswith`` and regexes cost several set lookups each, and a long rule list
+    repeats them for every flow; the rest of the patterns still go through the glob.
+    """
+    need.add("host")
+    label_suffixes = [p[1:] for p in glob.patterns if p.startswith("*.") and _plain(p[1:])]
+    rest = [p for p in glob.patterns if not _plain(p) and p[1:] not in label_suffixes]
+    parts: list[str] = []
+    if glob.literals:
+        parts.append(f"host in {bind('hl', glob.literals)}")
+    if len(label_suffixes) == 1:
+        need.add("hsfx")
+        parts.append(f"{bind('hs', label_suffixes[0])} in hsfx")
+    elif label_suffixes:
+        need.add("hsfx")
+        parts.append(f"not {bind('hs', frozenset(label_suffixes))}.isdisjoint(hsfx)")
+    if rest:
+        parts.append(f"{bind('hg', _Glob(rest).match)}(host)")
+    return f"({' or '.join(parts)})"
+
+
+def _plain(pattern: str) -> bool:
+    return not _GLOB_CHARS & set(pattern)
 
 
 def _mask(bits: Mapping[str, int], members: Iterable[enum.Enum]) -> int:
