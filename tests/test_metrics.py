@@ -434,3 +434,23 @@ def test_geoip_age_from_a_real_geo_chain(tmp_path: Path) -> None:
     assert str(tmp_path) not in text  # the database type, never its path
     # the lab database was built moments ago
     assert 0 <= samples[0].value < 3600
+
+
+def test_store_gauges_from_a_real_writer(tmp_path: Path) -> None:
+    from egresswatch.store import open_store
+
+    store = open_store(str(tmp_path / "m.db"))
+    writer = store.writer(spill_path=tmp_path / "spill.jsonl", queue_size=1234)
+    registry, m = _metrics()
+    m.watch_store(writer.stats)
+    for _ in range(5):
+        writer.record(decision())
+    assert writer.flush(30)
+    s = {"sensor": "lab-gw"}
+    get = registry.get_sample_value
+    assert get("egresswatch_store_queue_capacity", s) == 1234
+    assert get("egresswatch_store_queue_length", s) == 0
+    assert get("egresswatch_store_dropped_total", s) == 0
+    assert get("egresswatch_store_spill_records", s) == 0
+    writer.close()
+    store.close()
