@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from egresswatch.classify import body as bodymod
 from egresswatch.classify import findings as fmod
@@ -58,8 +58,9 @@ def _host(obs: Observation) -> str:
 def _split_target(target: str) -> tuple[str, str]:
     """Path and query of a request target (origin-form or absolute-form, RFC 9112 §3.2)."""
     if target.startswith(("http://", "https://")):
-        parts = urlsplit(target)
-        return parts.path or "/", parts.query
+        # by hand: urlsplit raises on a malformed authority ("http://[") and this must not
+        slash = target.find("/", target.find("//") + 2)
+        target = target[slash:] if slash >= 0 else "/"
     path, _, query = target.partition("?")
     return path.partition("#")[0], query.partition("#")[0]
 
