@@ -43,6 +43,7 @@ __all__ = [
     "CATEGORIES",
     "CUSTOMER_REGION",
     "ISO_COUNTRIES",
+    "RESIDENCY_REGIONS",
     "Catalog",
     "api_path_match",
     "normalize_host",
@@ -65,6 +66,10 @@ CATEGORIES: Mapping[str, str] = {
 
 #: ``residency`` value for services whose customer picks the region (Azure, Bedrock, Vertex).
 CUSTOMER_REGION = "customer-region"
+
+#: Residency codes besides ISO 3166-1 alpha-2: "EU" is ISO 3166's exceptionally reserved
+#: code for the European Union, which is how vendors declare EU data residency.
+RESIDENCY_REGIONS: frozenset[str] = frozenset({"EU"})
 
 # ISO 3166-1 alpha-2, officially assigned codes (ISO 3166 Maintenance Agency, 249 codes).
 ISO_COUNTRIES: frozenset[str] = frozenset(
@@ -748,10 +753,10 @@ def _parse_service(table: Any, index: int, path: str, loc: _Locator) -> _Entry:
     residency = table.get("residency")
     if residency is not None and residency != CUSTOMER_REGION:
         codes = [c.strip() for c in residency.split(",")]
-        bad = [c for c in codes if c not in ISO_COUNTRIES]
+        bad = [c for c in codes if c not in ISO_COUNTRIES and c not in RESIDENCY_REGIONS]
         if bad:
             raise fail(
-                f"{bad[0]!r}: expected ISO 3166-1 alpha-2 codes, comma-separated, "
+                f"{bad[0]!r}: expected ISO 3166-1 alpha-2 codes or EU, comma-separated, "
                 f"or {CUSTOMER_REGION!r}",
                 "residency",
             )

@@ -21,6 +21,7 @@ from egresswatch.catalog import (
     CATEGORIES,
     CUSTOMER_REGION,
     ISO_COUNTRIES,
+    RESIDENCY_REGIONS,
     Catalog,
     api_path_match,
     normalize_host,
@@ -154,6 +155,10 @@ _SHARED = Catalog.load()
         ("api.minimax.io", "minimax-intl", "minimax.io"),
         ("spark-api-open.xf-yun.com", "iflytek-spark", "spark-api-open.xf-yun.com"),
         ("api.openai.com", "openai-api", "api.openai.com"),
+        ("eu.api.openai.com", "openai-api-eu", "eu.api.openai.com"),
+        ("mtls-eu.api.openai.com", "openai-api-eu", "mtls-eu.api.openai.com"),
+        ("mtls.api.openai.com", "openai-api", "api.openai.com"),
+        ("in.api.openai.com", "openai-api-in", "in.api.openai.com"),
         ("chatgpt.com", "chatgpt", "chatgpt.com"),
         ("chat.openai.com", "chatgpt", "openai.com"),
         ("files.oaiusercontent.com", "chatgpt", "oaiusercontent.com"),
@@ -537,7 +542,7 @@ def test_shipped_catalog_is_complete_and_valid(cat: Catalog) -> None:
         assert s.operator_country in ISO_COUNTRIES, s.id
         assert s.contracting_country is None or s.contracting_country in ISO_COUNTRIES, s.id
         if s.residency and s.residency != CUSTOMER_REGION:
-            assert set(s.residency.split(",")) <= ISO_COUNTRIES, s.id
+            assert set(s.residency.split(",")) <= ISO_COUNTRIES | RESIDENCY_REGIONS, s.id
         assert s.category in CATEGORIES, s.id
         assert s.domains, s.id
         for domain in s.domains:
@@ -595,6 +600,8 @@ def test_unverified_facts_stay_marked(cat: Catalog, sid: str, fields: set[str]) 
         ("anthropic-api", "US", None, None),
         ("mistral", "FR", None, None),
         ("aws-bedrock", "US", None, CUSTOMER_REGION),
+        ("openai-api-eu", "US", "IE", "EU"),
+        ("openai-api-jp", "US", None, "JP"),
     ],
 )
 def test_jurisdiction_facts(
@@ -731,8 +738,10 @@ domains = ["second.example"]
          "4+ lower-case"),
         ('name = "Second"', 'name = "Second"\nunverified = ["country"]', "unverified",
          "unverified =", "not a field name"),
-        ('name = "Second"', 'name = "Second"\nresidency = "EU"', "residency", "residency =",
+        ('name = "Second"', 'name = "Second"\nresidency = "Europe"', "residency", "residency =",
          "ISO 3166-1"),
+        ('name = "Second"', 'name = "Second"\nresidency = "DE,XX"', "residency", "residency =",
+         "'XX'"),
         ('name = "Second"', 'name = "Second"\napi_paths = ["v1/chat"]', "api_paths",
          "api_paths =", "starts with '/'"),
         ("schema = 1", "schema = 2", "schema", "schema = 2", "unsupported schema"),
