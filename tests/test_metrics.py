@@ -442,7 +442,7 @@ def test_store_gauges_from_a_real_writer(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "m.db"))
     writer = store.writer(spill_path=tmp_path / "spill.jsonl", queue_size=1234)
     registry, m = _metrics()
-    m.watch_store(writer.stats)
+    m.watch_store(lambda: writer.stats)  # a property, read at each scrape
     for _ in range(5):
         writer.record(decision())
     assert writer.flush(30)
