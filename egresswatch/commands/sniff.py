@@ -176,7 +176,8 @@ class _Printer:
         self.as_json = as_json
         self.rows: list[FlowSummary] = []
         self.broken = False
-        self.console = Console(highlight=False)
+        # piped output is not cut at rich's 80-column default
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
     def flow(self, summary: FlowSummary) -> None:
         if self.as_json:
@@ -214,7 +215,7 @@ class _Printer:
         for col in ("client", "server", "proto", "names", "out/in bytes", "verdict"):
             table.add_column(col, overflow="fold")
         for s in self.rows:
-            names = ", ".join(f"{n} ({src})" for n, src in s.names) or "-"
+            names = "\n".join(f"{n} ({src})" for n, src in s.names) or "-"
             extra = []
             if s.ech:
                 extra.append("ECH")

@@ -210,6 +210,9 @@ class LiveCapture:
             except OSError as e:
                 self.close()
                 raise CaptureError(f"capture on {iface}: {e.strerror or e}") from e
+            except ValueError as e:  # scapy: "Interface 'x' not found !"
+                self.close()
+                raise CaptureError(f"capture on {iface}: no such interface") from e
             except Scapy_Exception as e:
                 self.close()
                 raise CaptureError(f"capture on {iface}: {e}") from e
