@@ -240,14 +240,18 @@ class _Locator:
 
     def _item_line(self, start: int, last: int, item: Any) -> int:
         """The line where an array item is written, for multi-line arrays."""
-        token = f'"{item}"' if isinstance(item, str) else str(item).lower()
-        if token in self.lines[start - 1]:
+        if isinstance(item, str):
+            text = re.escape(item)
+            token = re.compile(f"\"{text}\"|'{text}'")
+        else:  # a number or boolean: whole tokens only, so 0 does not match 10
+            token = re.compile(rf"(?<![\w.+-]){re.escape(str(item).lower())}(?![\w.])")
+        if token.search(self.lines[start - 1]):
             return start
         for number in range(start + 1, last + 1):
             line = self.lines[number - 1]
             if "=" in line.split("#", 1)[0] and not line.lstrip().startswith(('"', "'")):
                 break  # the next key: the item was not on a line of its own
-            if token in line or (isinstance(item, str) and f"'{item}'" in line):
+            if token.search(line):
                 return number
         return start
 

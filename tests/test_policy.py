@@ -1306,3 +1306,53 @@ def test_compiled_rules_agree_with_a_naive_reading(a: Assessment) -> None:
             assert got == expected, (policy.source, rules[max(got, expected)].name)
             for rule in rules:
                 assert rule.matches(a) == _naive_matches(rule, a)
+
+
+_BAD_VALUES = {
+    "payload": ('"chat"', "chat"),
+    "finding": ('"ssn"', "ssn"),
+    "sensor": ('"pcap"', "pcap"),
+    "address_country": ('"XX"', "XX"),
+    "port": ("0", "0"),
+}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rules=st.integers(min_value=1, max_value=6),
+    data=st.data(),
+)
+def test_error_line_is_exact_wherever_the_mistake_is(rules: int, data: st.DataObject) -> None:
+    """Build a file line by line, put one bad value somewhere, expect exactly that line."""
+    bad_rule = data.draw(st.integers(min_value=0, max_value=rules - 1), label="bad rule")
+    key = data.draw(st.sampled_from(sorted(_BAD_VALUES)), label="field")
+    multiline = data.draw(st.booleans(), label="multi-line array")
+    lines = ["# policy", 'mode = "enforce"', 'approved = ["EU"]', ""]
+    expected = 0
+    for n in range(rules):
+        if data.draw(st.booleans(), label="comment"):
+            lines.append(f"# rule {n}")
+        lines += ["[[rules]]", f'name = "r{n}"', 'action = "block"']
+        good = {
+            "payload": '"telemetry"',
+            "finding": '"email"',
+            "sensor": '"proxy"',
+            "address_country": '"DE"',
+            "port": "10",  # contains the bad 0: items are matched as whole tokens
+        }[key]
+        value = _BAD_VALUES[key][0] if n == bad_rule else good
+        if multiline:
+            lines += [f"{key} = [", f"  {good},", f"  {value},", "]"]
+            if n == bad_rule:
+                expected = len(lines) - 1
+        else:
+            lines.append(f"{key} = [{good}, {value}]")
+            if n == bad_rule:
+                expected = len(lines)
+        if data.draw(st.booleans(), label="blank"):
+            lines.append("")
+    with pytest.raises(ConfigError) as info:
+        Policy.from_text("\n".join(lines) + "\n", source="gen.toml")
+    assert info.value.line == expected, "\n".join(lines)
+    assert info.value.field == f"rules[{bad_rule + 1}].{key}"
+    assert _BAD_VALUES[key][1] in str(info.value)
