@@ -1356,3 +1356,9 @@ def test_error_line_is_exact_wherever_the_mistake_is(rules: int, data: st.DataOb
     assert info.value.line == expected, "\n".join(lines)
     assert info.value.field == f"rules[{bad_rule + 1}].{key}"
     assert _BAD_VALUES[key][1] in str(info.value)
+
+
+def test_country_list_agrees_with_the_catalogs() -> None:
+    from egresswatch import catalog
+
+    assert catalog.ISO_COUNTRIES == ISO_COUNTRIES
