@@ -216,6 +216,14 @@ _SHARED = Catalog.load()
         ("telemetry.crewai.com", "crewai-telemetry", "telemetry.crewai.com"),
         ("cdn.usefathom.com", "fathom", "usefathom.com"),
         ("oaistatsig.com", "openai-telemetry", "oaistatsig.com"),
+        ("qwenlm.github.io", "qwen-chat", "qwenlm.github.io"),  # under a private suffix
+        (
+            "oai.endpoints.kepler.ai.cloud.ovh.net",
+            "ovhcloud-ai",
+            "endpoints.kepler.ai.cloud.ovh.net",
+        ),
+        ("api.scaleway.ai", "scaleway-ai", "api.scaleway.ai"),
+        ("queue.fal.run", "fal", "fal.run"),
     ],
 )
 def test_official(cat: Catalog, host: str, service: str, matched: str) -> None:
@@ -413,6 +421,8 @@ def test_homograph_brand_in_longer_name(cat: Catalog) -> None:
         "s3.amazonaws.com",
         "ollama.example.com",  # a self-hosted Ollama behind a company's name
         "deepseek.mycorp.example",  # same for DeepSeek: the brand in a subdomain is no claim
+        "scaleway.com",  # providers without brands: their other domains stay unknown
+        "cerebras.net",
         "localhost",
         "wpad",
         "xn--bcher-kva.example",
