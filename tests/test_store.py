@@ -6,7 +6,6 @@ The PostgreSQL server comes from the Debian package, started by the fixture on
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from helpers.pg import PgServer, why_no_postgres
+from helpers import pg as pg_helpers
 from helpers.storedata import make_close, make_decision
 from sqlalchemy import create_engine, func, select, text
 
@@ -48,31 +47,9 @@ from egresswatch.store.rows import redact_path
 from egresswatch.store.schema import Base
 from egresswatch.store.writer import DnsAnswer
 
-NO_PG = why_no_postgres()
-
-
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[PgServer]:
-    if NO_PG:
-        pytest.skip(NO_PG)
-    server = PgServer(fsync=False)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'egw.db'}"
-        return
-    server: PgServer = request.getfixturevalue("pg_server")
-    name = "egw_" + os.urandom(6).hex()
-    url = server.createdb(name)
-    yield url
-    server.dropdb(name)
+# fixtures shared with the other store tests
+pg_server = pg_helpers.pg_server
+store_url = pg_helpers.store_url
 
 
 @pytest.fixture

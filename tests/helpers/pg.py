@@ -16,7 +16,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 
 def pg_bindir() -> Path | None:
@@ -142,3 +145,30 @@ class PgServer:
 
     def __exit__(self, *exc: object) -> None:
         self.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL server for the test session (fsync off: tests, not durability)."""
+    reason = why_no_postgres()
+    if reason:
+        pytest.skip(reason)
+    server = PgServer(fsync=False)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of an empty database: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'egw.db'}"
+        return
+    server: PgServer = request.getfixturevalue("pg_server")
+    name = "egw_" + os.urandom(6).hex()
+    url = server.createdb(name)
+    yield url
+    server.dropdb(name)
