@@ -10,6 +10,7 @@ run it off the event loop (``asyncio.to_thread``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 import re
@@ -50,6 +51,7 @@ _UA_HINTS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+@functools.lru_cache(maxsize=1024)
 def app_hint(user_agent: str | None) -> str | None:
     """A short, bounded name for the client app behind a User-Agent, or None.
 

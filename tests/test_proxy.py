@@ -106,21 +106,34 @@ async def test_blocked_request_gets_451_with_reasons() -> None:
     addon, sink, _tctx = make()
     f = mitm.http_flow()
     await addon.requestheaders(f)
+    assert f.response is None and sink.decisions == []  # buffered body: judged once, below
+    addon.request(f)
     assert f.response is not None and f.response.status_code == 451
     doc = json.loads(f.response.content or b"")
     assert doc["rule"] == "approved-countries"
     assert doc["service"] == "DeepSeek API"
     assert doc["operator_country"] == "CN"
     assert doc["address_country"] == "CN"
+    assert doc["payload_types"] == ["chat-prompt"]
     assert f.metadata["egresswatch"]["verdict"] == "block"
-    assert [d.observation.stage for d in sink.decisions] == [Stage.REQUEST_HEADERS]
+    assert [d.observation.stage for d in sink.decisions] == [Stage.REQUEST]
     obs = sink.decisions[0].observation
     assert obs.client_app == "openai-python"
     assert obs.http_host == "api.deepseek.com" and obs.dst_addr == "203.0.113.10"
-    addon.request(f)  # the request hook sees the answer and does nothing more
-    assert len(sink.decisions) == 1
     addon.response(f)
     assert sink.closed[0].status == "451 blocked" and sink.closed[0].bytes_out == 0
+
+
+async def test_large_upload_blocked_at_headers_before_its_body() -> None:
+    addon, sink, _tctx = make(egresswatch_body_limit="1k")
+    f = mitm.http_flow(body=b"")
+    f.request.headers["content-length"] = str(10 * 1024 * 1024)
+    await addon.requestheaders(f)
+    assert f.response is not None and f.response.status_code == 451
+    assert f.request.stream is False or f.request.stream is None
+    assert [d.observation.stage for d in sink.decisions] == [Stage.REQUEST_HEADERS]
+    addon.request(f)  # the request hook sees the answer and does nothing more
+    assert len(sink.decisions) == 1
 
 
 async def test_monitor_mode_records_would_block_and_goes_on() -> None:

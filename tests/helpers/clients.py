@@ -116,7 +116,8 @@ def hf_download(base: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache:
         try:
             path = hf_hub_download("lab/test-model", "config.json", cache_dir=cache, endpoint=base)
-            content = open(path, "rb").read().decode()
+            with open(path, "rb") as fh:
+                content = fh.read().decode()
         except Exception as e:
             return {
                 "ok": False,

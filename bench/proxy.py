@@ -1,0 +1,411 @@
+"""What the egresswatch addon costs mitmproxy: bare mitmdump vs mitmdump + full pipeline.
+
+    .venv/bin/python bench/proxy.py [--seconds 5] [--rounds 2] [--connections 4]
+
+Everything on loopback: one test server (HTTP and HTTPS, its own CA), two mitmdump
+processes started in the same run with the same options (lazy connections, upstream
+verification against the test CA) — one bare, one with ``-s addons/egresswatch.py``
+and the full pipeline (GeoIP database, catalog, classification, an enforce policy,
+SQLite store, Prometheus metrics). A keep-alive load generator sends 1 KiB JSON chat
+requests (``Host: api.openai.com``, so the catalog and classifier do real work) over
+N connections through each proxy in alternating rounds, for HTTP (absolute-form) and
+HTTPS (CONNECT + TLS with SNI). Prints requests/s, p50/p99 latency, the throughput
+ratio and the added latency. Bounded: rounds x seconds x 4 runs, plus start-up.
+
+Goal (issue #4): addon >= 0.9x bare throughput, p99 added latency < 2 ms.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# `python bench/x.py` puts bench/ first on sys.path, where bench/inspect.py shadows
+# the standard library's `inspect`: drop it.
+sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import ssl  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.servers import make_pki  # noqa: E402
+
+HOST = "api.openai.com"
+POLICY = """
+mode = "enforce"
+approved = ["EU", "US"]
+require = ["address", "operator"]
+outside = "block"
+[unknown]
+address = "block"
+operator = "alert"
+[[rules]]
+name = "bench-loopback"
+action = "allow"
+host = ["api.openai.com"]
+"""
+
+
+def chat_body(size: int = 1024) -> bytes:
+    """A chat-completions request of exactly ``size`` bytes."""
+    doc = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": ""}]}
+    base = len(json.dumps(doc).encode())
+    words = "Please summarise the quarterly lab report and list the open questions. "
+    doc["messages"][0]["content"] = (words * (size // len(words) + 1))[: size - base]
+    body = json.dumps(doc).encode()
+    assert len(body) == size
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"process exited ({proc.returncode}): {proc.args}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"port {port} not listening after {timeout}s")
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[int(q) - 1]
+
+
+async def _read_response(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
+async def _connection(
+    proxy_port: int,
+    scheme: str,
+    server_port: int,
+    body: bytes,
+    ca: Path,
+    stop: float,
+    result: Result,
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    if scheme == "https":
+        writer.write(
+            f"CONNECT 127.0.0.1:{server_port} HTTP/1.1\r\nHost: 127.0.0.1:{server_port}"
+            "\r\n\r\n".encode()
+        )
+        await reader.readuntil(b"\r\n\r\n")
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.set_alpn_protocols(["http/1.1"])
+        await writer.start_tls(ctx, server_hostname=HOST)
+        target = "/v1/chat/completions"
+    else:
+        target = f"http://127.0.0.1:{server_port}/v1/chat/completions"
+    request = (
+        f"POST {target} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: OpenAI/Python 1.51.0\r\n"
+        f"Content-Type: application/json\r\nAuthorization: Bearer sk-bench\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    try:
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            writer.write(request)
+            status = await _read_response(reader)
+            if status != 200:
+                result.errors += 1
+                continue
+            result.latencies.append(time.perf_counter() - t)
+    finally:
+        writer.close()
+
+
+async def load(
+    proxy_port: int,
+    scheme: str,
+    server_port: int,
+    body: bytes,
+    ca: Path,
+    seconds: float,
+    connections: int,
+) -> Result:
+    result = Result()
+    start = time.monotonic()
+    stop = start + seconds
+    await asyncio.wait_for(
+        asyncio.gather(
+            *(
+                _connection(proxy_port, scheme, server_port, body, ca, stop, result)
+                for _ in range(connections)
+            )
+        ),
+        timeout=seconds + 30,
+    )
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def mitmdump(
+    tmp: Path, port: int, pki_ca: Path, addon: bool, metrics: int, extra: list[str]
+) -> list[str]:
+    cmd = [
+        str(Path(sys.executable).with_name("mitmdump")),
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--set",
+        f"confdir={tmp / 'mitm'}",
+        "--set",
+        f"ssl_verify_upstream_trusted_ca={pki_ca}",
+        "--set",
+        "connection_strategy=lazy",
+    ]
+    if addon:
+        cmd += [
+            "-s",
+            str(ROOT / "addons/egresswatch.py"),
+            "--set",
+            f"egresswatch_policy={tmp / 'policy.toml'}",
+            "--set",
+            f"egresswatch_country_db={tmp / 'lab.mmdb'}",
+            "--set",
+            f"egresswatch_asn_db={tmp / 'lab.mmdb'}",
+            "--set",
+            f"egresswatch_geoip_dir={tmp}",
+            "--set",
+            f"egresswatch_db=sqlite:///{tmp / 'bench.db'}",
+            "--set",
+            f"egresswatch_metrics_listen=127.0.0.1:{metrics}",
+            "--set",
+            "egresswatch_process_lookup=true",
+        ]
+        for item in extra:
+            cmd += ["--set", item]
+    return cmd
+
+
+class _NullSink:
+    def record(self, decision: object) -> None:
+        pass
+
+    def flow_closed(self, event: object) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+async def _drive(addon: Any, flows: list[Any], resp: Any) -> float:
+    t = time.perf_counter()
+    for f in flows:
+        await addon.requestheaders(f)
+        addon.request(f)
+        f.response = resp
+        addon.response(f)
+    return time.perf_counter() - t
+
+
+def hook_cost(tmp: Path, n: int) -> None:
+    """CPU per request spent in the addon's hooks, in process (no sockets, real pipeline)."""
+    from helpers import mitm
+    from mitmproxy.test import tflow
+    from prometheus_client import CollectorRegistry
+
+    from egresswatch import runtime
+    from egresswatch.metrics import Metrics
+    from egresswatch.proxy import EgressWatch
+
+    settings = runtime.Settings(
+        policy=tmp / "policy.toml",
+        country_db=tmp / "lab.mmdb",
+        asn_db=tmp / "lab.mmdb",
+        geoip_dir=tmp,
+        db_url=f"sqlite:///{tmp / 'hooks.db'}",
+        metrics_listen=None,
+    )
+    inspector = runtime.build_inspector(settings)
+    body = chat_body()
+    variants = {
+        "inspector only (null sink)": lambda: _NullSink(),
+        "+ metrics": lambda: Metrics(CollectorRegistry(), sensor_name="bench"),
+        "+ metrics, store, alerts": lambda: runtime.build_sinks(
+            settings, CollectorRegistry(), inspector
+        ),
+    }
+    print(
+        f"addon hook cost per request (requestheaders + request + response, {n} requests, "
+        "in process)"
+    )
+    for label, make in variants.items():
+        sinks = make()
+        addon = EgressWatch(inspector, sinks)  # type: ignore[arg-type]
+        tctx = mitm.context(addon)
+        tctx.configure(addon, egresswatch_process_lookup=False)
+        flows = []
+        for _ in range(n):
+            f = mitm.http_flow(host=HOST, addr="198.51.100.20", body=body)
+            flows.append(f)
+        resp = tflow.tresp()
+
+        elapsed = tctx.master.event_loop.run_until_complete(_drive(addon, flows, resp))
+        sinks.close()
+        print(f"  {label:30} {elapsed / n * 1e6:8.1f} us/request")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="length of one run")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating bare/addon rounds")
+    ap.add_argument("--connections", type=int, default=4, help="keep-alive connections")
+    ap.add_argument("--hooks-only", action="store_true", help="only the in-process hook cost")
+    ap.add_argument(
+        "--addon-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra option for the addon's mitmdump (egresswatch_db=none ...)",
+    )
+    args = ap.parse_args()
+    if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 10 or not 0 < args.connections <= 64:
+        raise SystemExit("bounds: seconds 0-60, rounds 1-10, connections 1-64")
+
+    from helpers.geoip import build_lab_db
+
+    body = chat_body()
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as d:
+        tmp = Path(d)
+        pki = make_pki(tmp / "pki", [HOST], ["127.0.0.1"])
+        build_lab_db(tmp / "lab.mmdb")
+        (tmp / "policy.toml").write_text(POLICY)
+        hook_cost(tmp, 3000)
+        if args.hooks_only:
+            return
+        http_port, https_port = free_port(), free_port()
+        try:
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "tests/helpers/servers.py"),
+                    "--bind",
+                    "127.0.0.1",
+                    "--http",
+                    str(http_port),
+                    "--https",
+                    str(https_port),
+                    "--cert",
+                    str(pki.cert),
+                    "--key",
+                    str(pki.key),
+                    "--log",
+                    "/dev/null",
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            procs.append(server)
+            wait_port(https_port, server)
+            ports = {"bare": free_port(), "addon": free_port()}
+            for name, port in ports.items():
+                p = subprocess.Popen(
+                    mitmdump(tmp, port, pki.ca_cert, name == "addon", free_port(), args.addon_set),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                procs.append(p)
+                wait_port(port, p)
+            ca = tmp / "mitm" / "mitmproxy-ca-cert.pem"
+            print(
+                f"mitmproxy bare vs + egresswatch (full pipeline), {args.connections} "
+                f"keep-alive connections, {len(body)} B JSON chat bodies, "
+                f"{args.rounds} x {args.seconds:g} s per cell, loopback"
+            )
+            header = (
+                f"{'scheme':6} {'proxy':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+            )
+            print(header)
+            for scheme, sport in (("http", http_port), ("https", https_port)):
+                merged = {"bare": Result(), "addon": Result()}
+                # warm-up: certificates, connection pools, caches
+                for name in merged:
+                    asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
+                for _ in range(args.rounds):
+                    for name in ("bare", "addon"):
+                        r = asyncio.run(
+                            load(
+                                ports[name], scheme, sport, body, ca, args.seconds, args.connections
+                            )
+                        )
+                        m = merged[name]
+                        m.latencies += r.latencies
+                        m.errors += r.errors
+                        m.seconds += r.seconds
+                for name, r in merged.items():
+                    print(
+                        f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
+                        f"{r.pct(99) * 1e3:8.2f} {r.errors:6d}"
+                    )
+                bare, add = merged["bare"], merged["addon"]
+                ratio = add.rps / bare.rps if bare.rps else float("nan")
+                print(
+                    f"{scheme:6} ratio  {ratio:8.2f}x  added p50 "
+                    f"{(add.pct(50) - bare.pct(50)) * 1e3:+.2f} ms, added p99 "
+                    f"{(add.pct(99) - bare.pct(99)) * 1e3:+.2f} ms   "
+                    f"(goal: >= 0.90x, p99 < +2 ms)"
+                )
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        rows = 0
+        db = tmp / "bench.db"
+        if db.exists():
+            import sqlite3
+
+            with sqlite3.connect(db) as c:
+                rows = c.execute("select count(*) from flows").fetchone()[0]
+        print(f"decisions recorded by the addon's store: {rows}")
+
+
+if __name__ == "__main__":
+    main()
