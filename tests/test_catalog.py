@@ -912,8 +912,26 @@ def test_cli_match() -> None:
     ]
     assert rows[0]["operator_country"] == "CN" and rows[0]["residency"] == "CN"
     assert rows[1]["operator_country"] is None  # a lookalike is not the brand's operator
+    assert rows[0]["api_path"] == "/v1/chat/completions"
     code, out, _ = run("catalog", "match", "api.anthropic.com", "kimi-k2.ai")
     assert code == 0 and "official" in out and "lookalike" in out
+
+
+def test_cli_show() -> None:
+    code, out, _ = run("catalog", "show", "--json", "zai-intl")
+    assert code == 0
+    data = json.loads(out)
+    assert (data["operator_country"], data["contracting_country"], data["residency"]) == (
+        "CN",
+        "SG",
+        "SG",
+    )
+    assert data["sources"] and data["domains"] == ["z.ai"]
+    code, out, _ = run("catalog", "show", "moonshot-intl")
+    assert code == 0 and "Moonshot AI Pte. Ltd." in out and "domains*" in out
+    assert "('" not in out  # lists shown as text, not as Python tuples
+    code, _, err = run("catalog", "show", "deepseek")
+    assert code == 2 and "did you mean deepseek-api, deepseek-chat" in err
 
 
 def test_cli_match_bad_host_is_usage_error() -> None:

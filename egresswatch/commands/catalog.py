@@ -20,7 +20,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from egresswatch.catalog import CATEGORIES, ISO_COUNTRIES, Catalog, normalize_host, parse_catalog
+from egresswatch.catalog import (
+    CATEGORIES,
+    ISO_COUNTRIES,
+    Catalog,
+    api_path_match,
+    normalize_host,
+    parse_catalog,
+)
 from egresswatch.errors import ConfigError
 from egresswatch.model import Service, ServiceMatch
 
@@ -56,27 +63,27 @@ class CountryType(click.ParamType):
 
 
 class HostType(click.ParamType):
-    """A host name, address, HOST:PORT or URL; converted to its canonical host name."""
+    """A host name, address, HOST:PORT or URL; converted to (input, canonical host, URL path)."""
 
     name = "host"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> tuple[str, str]:
+    ) -> tuple[str, str, str | None]:
         if isinstance(value, tuple):
             return value
         text = str(value).strip()
-        candidate = text
+        candidate, path = text, None
         if "://" in text:
             try:
-                netloc = urlsplit(text).netloc
+                url = urlsplit(text)
+                candidate, path = url.netloc.rpartition("@")[2], url.path or "/"
             except ValueError:
-                netloc = ""
-            candidate = netloc.rpartition("@")[2]
+                candidate = ""
         host = normalize_host(candidate)
         if host is None:
             self.fail(f"{text!r} is not a host name, address or URL", param, ctx)
-        return text, host
+        return text, host, path
 
 
 @click.group()
@@ -159,7 +166,9 @@ def list_(ctx: click.Context, category: str | None, country: str | None, as_json
     Console().print(table)
 
 
-def _match_json(text: str, host: str, found: ServiceMatch | None) -> dict[str, Any]:
+def _match_json(
+    text: str, host: str, path: str | None, found: ServiceMatch | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {"input": text, "host": host, "kind": None, "matched": None}
     if found is None:
         return out
@@ -167,6 +176,7 @@ def _match_json(text: str, host: str, found: ServiceMatch | None) -> dict[str, A
     out.update(kind=str(found.kind), matched=found.matched, service=s.id, name=s.name)
     if found.official:
         out.update(
+            api_path=api_path_match(s, path) if path else None,
             category=s.category,
             operator=s.operator,
             operator_country=s.operator_country,
@@ -186,16 +196,19 @@ def _match_json(text: str, host: str, found: ServiceMatch | None) -> dict[str, A
 @click.argument("hosts", nargs=-1, required=True, type=HostType(), metavar="HOST...")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON on stdout.")
 @click.pass_context
-def match(ctx: click.Context, hosts: tuple[tuple[str, str], ...], as_json: bool) -> None:
+def match(
+    ctx: click.Context, hosts: tuple[tuple[str, str, str | None], ...], as_json: bool
+) -> None:
     """Say which service each HOST belongs to.
 
-    HOST may be a name, a name with a port, or a URL. 'official' means the
+    HOST may be a name, a name with a port, or a URL (with --json, the
+    catalogued API path a URL uses is shown too). 'official' means the
     host is one of the service's domains; 'lookalike' means it carries the
     service's brand or imitates its domain without being official (a
     different operator, whatever the page says). Exit status 0 either way.
     """
     cat = _load(ctx)
-    results = [(text, host, cat.match(host)) for text, host in hosts]
+    results = [(text, host, path, cat.match(host)) for text, host, path in hosts]
     if as_json:
         click.echo(json.dumps([_match_json(*r) for r in results], indent=2))
         return
@@ -204,7 +217,7 @@ def match(ctx: click.Context, hosts: tuple[tuple[str, str], ...], as_json: bool)
     for column in ("match", "service", "operator", "category"):
         table.add_column(column, no_wrap=True)
     table.add_column("matched", overflow="fold")
-    for _, host, found in results:
+    for _, host, _, found in results:
         if found is None:
             table.add_row(host, Text("unknown", "dim"), "-", "-", "-", "-")
             continue
@@ -217,6 +230,33 @@ def match(ctx: click.Context, hosts: tuple[tuple[str, str], ...], as_json: bool)
             kind = Text("lookalike", "bold red")
             operator, category = "not " + s.operator_country, "-"
         table.add_row(host, kind, s.id, operator, category, found.matched)
+    Console().print(table)
+
+
+@catalog.command()
+@click.argument("service_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Print the service as JSON on stdout.")
+@click.pass_context
+def show(ctx: click.Context, service_id: str, as_json: bool) -> None:
+    """Show everything the catalog says about one service, with its sources."""
+    cat = _load(ctx)
+    service = cat.get(service_id)
+    if service is None:
+        known = sorted(s.id for s in cat.services if service_id.lower() in s.id)
+        hint = f"; did you mean {', '.join(known[:5])}?" if known else "; see 'catalog list'"
+        raise click.BadParameter(f"no service {service_id!r}{hint}", param_hint="ID")
+    data = _service_json(cat, service)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    table = Table(show_header=False, title=f"{service.id}: {service.name}", title_justify="left")
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        if key in ("id", "name") or value in (None, [], ()):
+            continue
+        text = ", ".join(value) if isinstance(value, list | tuple) else str(value)
+        table.add_row(key + ("*" if key in service.unverified else ""), text)
     Console().print(table)
 
 
