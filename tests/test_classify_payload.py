@@ -868,3 +868,20 @@ def test_classify_never_raises(
     result = classify(o, category)
     assert result.payload_types
     assert "classify-error" not in result.flags, result
+
+
+def test_pathological_bodies_are_cut_short_and_flagged() -> None:
+    # 20,000 addresses: the scan stops at the candidate budget and says so, the flow is judged
+    body = json.dumps({"messages": [{"role": "user", "content": "a@example.com " * 20000}]})
+    result = classify(
+        obs(
+            "POST",
+            "/v1/chat/completions",
+            "api.openai.com",
+            body.encode(),
+            (("content-type", "application/json"),),
+        )
+    )
+    assert result.payload_types == (P.CHAT_PROMPT,)
+    assert "scan-limit" in result.flags
+    assert _kinds(result) == {(K.EMAIL, "body")}

@@ -151,7 +151,8 @@ def _utf8(data: bytes, charset: str | None) -> bytes:
 
 
 def _body_json(req: _Request, data: bytes, path_typed: bool) -> None:
-    fmod.scan_bytes(data, "body", req.findings)
+    if fmod.scan_bytes(data, "body", req.findings):
+        req.flags.append("scan-limit")
     fmod.scan_json(data, "body", req.findings)
     if not path_typed:
         keys = _json_keys(data)
@@ -195,7 +196,8 @@ def _body(req: _Request, obs: Observation, path_typed: bool) -> None:
         return
     if bodymod.is_text_type(mime) or not bodymod.looks_binary(data):
         utf8 = _utf8(data, charset)
-        fmod.scan_bytes(utf8, "body", req.findings)
+        if fmod.scan_bytes(utf8, "body", req.findings):
+            req.flags.append("scan-limit")
         fmod.scan_json(utf8, "body", req.findings)
     elif (
         not path_typed

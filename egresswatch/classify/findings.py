@@ -77,7 +77,9 @@ _DOMAIN = re.compile(
 _NOT_TLDS = frozenset(
     {"png", "jpg", "jpeg", "gif", "svg", "webp", "ico", "css", "js", "json", "py", "txt", "md"}
 )
-_MAX_AT = 256
+#: candidates examined per detector and scan: bounds the cost of pathological bodies (a
+#: 256 KiB vector upload is 20,000 numbers); beyond it the scan stops and says so.
+MAX_CANDIDATES = 1024
 
 # --- digit runs: cards, identity numbers, phones ---
 
@@ -206,21 +208,25 @@ def _plausible(family: str, value: str) -> bool:
 
 
 def _key(b: bytes, start: int, end: int, where: str, out: Findings) -> None:
-    m = _KEYS.search(b, start, end)
-    while m is not None:
-        if not (m.start() and b[m.start() - 1] in _KEY_BEFORE):
-            family = m.lastgroup or "generic"
-            value = m.group(0).decode("ascii")
-            if _plausible(family, value):
-                _add(out, FindingKind.API_KEY, value, where, family)
-        m = _KEYS.search(b, m.end(), end)
+    # Keys start a run ("Bearer sk-…", '"sk-…"', "KEY=sk-…"): one anchored match per run, so a
+    # base64 image in a chat request costs one cheap test per run, not a search.
+    m = _KEYS.match(b, start, end)
+    if m is not None:
+        family = m.lastgroup or "generic"
+        value = m.group(0).decode("ascii")
+        if _plausible(family, value):
+            _add(out, FindingKind.API_KEY, value, where, family)
 
 
-def _scan_secrets(b: bytes, where: str, out: Findings) -> None:
-    """Keys and JWTs: both live in runs of at least 20 key characters."""
+def _scan_secrets(b: bytes, where: str, out: Findings) -> bool:
+    """Keys and JWTs: both live in runs of at least 20 key characters. True if cut short."""
     wfolded = b.translate(WORD_TABLE)
     pos = wfolded.find(_LONG_RUN)
+    budget = MAX_CANDIDATES
     while pos >= 0:
+        budget -= 1
+        if budget < 0:
+            return True
         start = pos
         while start and wfolded[start - 1] == 0x77:  # "w": back to the start of the run
             start -= 1
@@ -231,6 +237,7 @@ def _scan_secrets(b: bytes, where: str, out: Findings) -> None:
         else:
             _key(b, start, end, where, out)
         pos = wfolded.find(_LONG_RUN, end)
+    return False
 
 
 def scan_keys(text: str, where: str, out: Findings) -> None:
@@ -261,11 +268,13 @@ def _jwt(b: bytes, start: int, where: str, out: Findings) -> None:
     _add(out, FindingKind.JWT, token.decode("ascii"), where, detail)
 
 
-def _scan_emails(b: bytes, where: str, out: Findings) -> None:
+def _scan_emails(b: bytes, where: str, out: Findings) -> bool:
     at = b.find(b"@")
-    seen = 0
-    while at > 0 and seen < _MAX_AT:
-        seen += 1
+    budget = MAX_CANDIDATES
+    while at >= 0:
+        budget -= 1
+        if budget < 0:
+            return True
         start = at
         while start > 0 and at - start < 64 and b[start - 1] in _LOCAL:
             start -= 1
@@ -277,6 +286,7 @@ def _scan_emails(b: bytes, where: str, out: Findings) -> None:
             if addr.rsplit(".", 1)[-1].lower() not in _NOT_TLDS:
                 _add(out, FindingKind.EMAIL, addr, where, None)
         at = b.find(b"@", at + 1)
+    return False
 
 
 def _phone(span: str, digits: str) -> str | None:
@@ -351,9 +361,13 @@ def _number_windows(span: str, where: str, out: Findings) -> None:
         i += 1
 
 
-def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> None:
+def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
     size = len(b)
+    budget = MAX_CANDIDATES
     for m in _RUN.finditer(folded):
+        budget -= 1
+        if budget < 0:
+            return True
         s, e = m.start(), m.end()
         while folded[e - 1] == 1:  # trailing separators end the number, they are not in it
             e -= 1
@@ -371,50 +385,73 @@ def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> None:
             continue
         if e - s > _MAX_RUN:
             continue
+        if folded.count(1, s, e) == 1 and b.find(b".", s, e) >= 0:
+            continue  # a decimal number (embedding vectors, prices): never one of ours
         span = b[s:e].decode("ascii")
         if not _number(span, where, out) and " " in span:
             _number_windows(span, where, out)
+    return False
 
 
-def _scan_ibans(b: bytes, folded: bytes, where: str, out: Findings) -> None:
+_IBAN_LETTERS = {ord(c): str(ord(c) - 55) for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}
+
+
+def _mod97(iban: str) -> bool:
+    """ISO 7064 MOD 97-10 as ISO 13616-1 uses it: cheap, so stdnum runs only on real hits."""
+    digits = (iban[4:] + iban[:4]).translate(_IBAN_LETTERS)
+    return digits.isdigit() and int(digits) % 97 == 1
+
+
+def _scan_ibans(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
     pos = folded.find(b"AA00")
+    budget = MAX_CANDIDATES // 16
     while pos >= 0:
         nxt = pos + 1
         if not (pos and b[pos - 1] in _ALNUM):
+            budget -= 1
+            if budget < 0:
+                return True
             m = _IBAN.match(b, pos)
             if m:
                 compact = m.group(0).replace(b" ", b"").decode("ascii")
                 # The last group may have swallowed a following word: shorten until valid.
                 for length in range(len(compact), 14, -1):
-                    if std_iban.is_valid(compact[:length]):
-                        _add(out, FindingKind.IBAN, compact[:length], where, compact[:2].lower())
+                    iban = compact[:length]
+                    if _mod97(iban) and std_iban.is_valid(iban):
+                        _add(out, FindingKind.IBAN, iban, where, iban[:2].lower())
                         nxt = m.end()
                         break
         pos = folded.find(b"AA00", nxt)
+    return False
 
 
-def scan_bytes(b: bytes, where: str, out: Findings) -> None:
-    """Add every finding in ``b`` (UTF-8 or any ASCII-compatible text) to ``out``."""
+def scan_bytes(b: bytes, where: str, out: Findings) -> bool:
+    """Add every finding in ``b`` (UTF-8 or any ASCII-compatible text) to ``out``.
+
+    Returns True when a detector stopped at :data:`MAX_CANDIDATES` (findings may be missing).
+    """
     if not b:
-        return
+        return False
+    limited = False
     if b"@" in b:
-        _scan_emails(b, where, out)
+        limited = _scan_emails(b, where, out)
     if b"-----BEGIN " in b:
         for m in _PEM.finditer(b):
             label = m.group(1).decode("ascii")
             detail = label.replace("PRIVATE KEY", "").replace("BLOCK", "").strip().lower()
             _add(out, FindingKind.PRIVATE_KEY, m.group(0).decode("ascii"), where, detail or "pkcs8")
-    _scan_secrets(b, where, out)
+    limited = _scan_secrets(b, where, out) or limited
     folded = b.translate(FOLD_TABLE)
     if b"00" in folded:
-        _scan_digits(b, folded, where, out)
+        limited = _scan_digits(b, folded, where, out) or limited
         if b"AA00" in folded:
-            _scan_ibans(b, folded, where, out)
+            limited = _scan_ibans(b, folded, where, out) or limited
+    return limited
 
 
-def scan_text(text: str, where: str, out: Findings) -> None:
-    """Add every finding in ``text`` to ``out`` (keyed for deduplication)."""
-    scan_bytes(text.encode("utf-8", "replace"), where, out)
+def scan_text(text: str, where: str, out: Findings) -> bool:
+    """Add every finding in ``text`` to ``out`` (keyed for deduplication); see scan_bytes."""
+    return scan_bytes(text.encode("utf-8", "replace"), where, out)
 
 
 def find_sensitive(text: str, where: str) -> list[Finding]:
