@@ -1362,3 +1362,29 @@ def test_country_list_agrees_with_the_catalogs() -> None:
     from egresswatch import catalog
 
     assert catalog.ISO_COUNTRIES == ISO_COUNTRIES
+
+
+def test_policy_package_imports_no_framework() -> None:
+    """tests/test_layering.py lists policy.py; the package's modules are checked here too."""
+    import ast
+
+    forbidden = {
+        "mitmproxy",
+        "scapy",
+        "sqlalchemy",
+        "prometheus_client",
+        "click",
+        "socket",
+        "alembic",
+    }
+    package = Path(__file__).resolve().parent.parent / "egresswatch" / "policy"
+    files = sorted(package.glob("*.py"))
+    assert {p.name for p in files} >= {"__init__.py", "loader.py", "rules.py", "countries.py"}
+    for path in files:
+        roots: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                roots.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots.add(node.module.split(".")[0])
+        assert not roots & forbidden, f"{path.name} imports {sorted(roots & forbidden)}"
