@@ -46,6 +46,7 @@ FRAMES = [
     for p in [
         *tcp_flow("192.0.2.1", "203.0.113.10", 40000, 443, HELLO, mss=400, vlan=[5]),
         *tcp_flow("2001:db8::1", "2001:db8::2", 40001, 80, HTTP, ext=True),
+        *tcp_flow("192.0.2.1", "203.0.113.10", 40004, 80, HTTP),  # the untagged fast path
         udp_packet("192.0.2.1", "198.51.100.53", 40002, 53, dns_query("a.example")),
         udp_packet("198.51.100.53", "192.0.2.1", 53, 40002, DNS_MSG),
         udp_packet("192.0.2.1", "203.0.113.11", 40003, 443, QUIC_DG),
