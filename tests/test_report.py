@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 
+import helpers.pg as pg_helpers
 import pytest
 from click.testing import CliRunner
 from helpers.chromium import count_color, dump_dom, needs_chromium, read_png, screenshot
@@ -31,12 +32,16 @@ from egresswatch.report import (
 )
 from egresswatch.store import AlertRecord, Store, insert_alert, open_store
 
+# fixtures: every store-backed test runs on a real SQLite file and a real PostgreSQL
+pg_server = pg_helpers.pg_server
+store_url = pg_helpers.store_url
+
 NOW = 1_795_000_000.0  # a fixed "now" (2026-11-18), so buckets and windows are exact
 HOUR = 3600.0
 
 
-def _write(store: Store, items: list[tuple[object, int]]) -> None:
-    writer = store.writer(spill_path=Path(str(store.path) + ".spill"))
+def _write(store: Store, items: list[tuple[object, int]], spill: Path) -> None:
+    writer = store.writer(spill_path=spill)
     for d, sent in items:
         writer.record(d)  # type: ignore[arg-type]
         o = d.observation  # type: ignore[attr-defined]
@@ -45,9 +50,9 @@ def _write(store: Store, items: list[tuple[object, int]]) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A real SQLite file with a known mix of flows, findings and alerts."""
-    s = open_store(str(tmp_path / "report.db"))
+def store(store_url: str, tmp_path: Path) -> Iterator[Store]:
+    """A real SQLite file, and a real PostgreSQL, with a known mix of flows, findings, alerts."""
+    s = open_store(store_url)
     api_key = Finding(FindingKind.API_KEY, "sk-...abcd", "header:authorization")
     block = {"action": Action.BLOCK, "mode": Mode.ENFORCE, "rule": "no-cn"}
     items = [
@@ -101,7 +106,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
         # two days old: outside a 24 h report
         (decision(at=NOW - 48 * HOUR, client="10.0.0.9"), 999_999),
     ]
-    _write(s, items)
+    _write(s, items, tmp_path / "spill.jsonl")
     insert_alert(
         s,
         AlertRecord(
@@ -286,7 +291,8 @@ def test_html_is_self_contained(report: Report) -> None:
 def test_html_escapes_data(tmp_path: Path) -> None:
     s = open_store(str(tmp_path / "x.db"))
     evil = "</script><script>alert(1)</script>"
-    _write(s, [(decision(at=NOW - 60, client_app=evil, rule=evil, action=Action.ALERT), 10)])
+    d = decision(at=NOW - 60, client_app=evil, rule=evil, action=Action.ALERT)
+    _write(s, [(d, 10)], tmp_path / "spill.jsonl")
     page = render_html(build_report(s, NOW - HOUR, NOW))
     s.close()
     assert evil not in page
@@ -381,8 +387,7 @@ def test_time_type_rejects(bad: str) -> None:
 
 
 def _db_path(store: Store) -> str:
-    assert store.path is not None
-    return str(store.path)
+    return store.url  # a SQLite file URL or the PostgreSQL URL
 
 
 def test_cli_formats(store: Store, tmp_path: Path) -> None:
@@ -438,3 +443,19 @@ def test_cli_help_explains() -> None:
 def test_written_in_time(report: Report) -> None:
     assert report.generated <= time.time()
     assert report.until == NOW
+
+
+def test_timeline_buckets_floor_on_every_engine(store: Store, tmp_path: Path) -> None:
+    """A flow late in a bucket belongs to that bucket (PostgreSQL's CAST rounds; floor it)."""
+    start = NOW + 10 * HOUR  # away from the fixture's flows
+    size = 300  # bucket_for(1 h)
+    base = start // size * size + size  # a bucket boundary inside the range
+    times = [base + 1, base + size * 0.6, base + size - 1]  # early, past the middle, last second
+    _write(
+        store,
+        [(decision(at=t, action=Action.ALERT, client="10.0.7.7"), 1) for t in times],
+        tmp_path / "spill2.jsonl",
+    )
+    report = build_report(store, start, start + HOUR)
+    assert report.bucket_seconds == size
+    assert [(b.start, b.verdict, b.flows) for b in report.timeline] == [(base, "alert", 3)]
