@@ -157,16 +157,12 @@ class Policy:
     @classmethod
     def default(cls) -> Policy:
         """The shipped default policy (monitor mode), ``egresswatch/data/policy-default.toml``."""
-        return cls._shipped("policy-default.toml")
+        return _shipped("policy-default.toml")
 
     @classmethod
     def example(cls) -> Policy:
         """The shipped example policy (enforce mode), ``egresswatch/data/policy-example.toml``."""
-        return cls._shipped("policy-example.toml")
-
-    @classmethod
-    def _shipped(cls, name: str) -> Policy:
-        return _shipped(name)
+        return _shipped("policy-example.toml")
 
     def with_mode(self, mode: Mode | str) -> Policy:
         """The same policy in another mode (``--mode`` on the command line)."""
@@ -177,6 +173,8 @@ class Policy:
                 f"unknown mode {mode!r}; choose from {', '.join(m.value for m in Mode)}",
                 field="mode",
             ) from None
+        if new is self.mode:
+            return self
         return dataclasses.replace(self, mode=new)
 
     def is_passthrough(self, host: str | None) -> bool:
