@@ -327,11 +327,13 @@ def create_store_engine(url: str) -> Engine:
     )
 
 
-def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
+def open_store(url: str | None = None, *, migrate: bool = True, must_exist: bool = False) -> Store:
     """Open (and by default migrate to head) the database at ``url``.
 
     ``url`` may be a SQLAlchemy URL or a plain file path; None means
     ``$EGRESSWATCH_DB`` or ``$XDG_DATA_HOME/egresswatch/egresswatch.db``.
+    ``must_exist`` (for commands that only read) refuses to create a new SQLite
+    file, so a mistyped ``--db`` path is an error rather than an empty result.
     Raises :class:`StoreError` with a message naming the database when it cannot
     be reached, created or migrated.
     """
@@ -341,6 +343,11 @@ def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
     store = Store(url, engine)
     if engine.dialect.name == "sqlite":
         path = store.path
+        if path is not None and must_exist and not path.exists():
+            engine.dispose()
+            raise StoreError(
+                f"no database at {path}: nothing recorded yet, or pass --db / set {ENV_VAR}"
+            )
         if path is not None:
             try:
                 _prepare_sqlite_file(path)
