@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
@@ -12,7 +13,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egresswatch.errors import ConfigError
-from egresswatch.model import Action, Assessment, MatchKind, Mode, Sensor
+from egresswatch.inspector import Inspector
+from egresswatch.model import (
+    Action,
+    Assessment,
+    MatchKind,
+    Mode,
+    Observation,
+    Protocol,
+    Sensor,
+    Transport,
+)
 from egresswatch.policy import (
     BUILTIN_RULES,
     COUNTRY_GROUPS,
@@ -1388,3 +1399,116 @@ def test_policy_package_imports_no_framework() -> None:
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 roots.add(node.module.split(".")[0])
         assert not roots & forbidden, f"{path.name} imports {sorted(roots & forbidden)}"
+
+
+# ------------------------------------------------------------------ the real pipeline
+
+
+def _request(
+    host: str,
+    addr: str,
+    path: str = "/v1/chat/completions",
+    *,
+    body: bytes = b"",
+    headers: tuple[tuple[str, str], ...] = (),
+    port: int = 443,
+) -> Observation:
+    return Observation(
+        sensor=Sensor.PROXY,
+        transport=Transport.TCP,
+        protocol=Protocol.HTTPS,
+        dst_addr=addr,
+        dst_port=port,
+        http_host=host,
+        sni=host,
+        method="POST",
+        path=path,
+        headers=(("host", host), ("content-type", "application/json"), *headers),
+        body=body,
+        client_addr="127.0.0.1",
+    )
+
+
+_CHAT = json.dumps(
+    {"model": "m", "messages": [{"role": "user", "content": "Mail me at jane.doe@example.com"}]}
+).encode()
+_KEY = (("authorization", "Bearer sk-proj-" + "a1B2c3D4" * 6),)
+
+PIPELINE_CASES = [
+    (
+        "deepseek-cn",
+        _request("api.deepseek.com", "203.0.113.10", "/chat/completions", body=_CHAT),
+        "block",
+        "block-cn-operators",
+    ),
+    (
+        "deepseek-behind-us-cdn",
+        _request("api.deepseek.com", "198.51.100.10", "/chat/completions", body=_CHAT),
+        "block",
+        "block-cn-operators",
+    ),
+    ("openai-us", _request("api.openai.com", "198.51.100.10", body=_CHAT), "allow", "default"),
+    (
+        "openai-us-with-key",
+        _request("api.openai.com", "198.51.100.10", body=_CHAT, headers=_KEY),
+        "alert",
+        "alert-secrets",
+    ),
+    (
+        "openai-cn-address",
+        _request("api.openai.com", "2001:db8:1::10", body=_CHAT),
+        "block",
+        "jurisdiction",
+    ),
+    ("mistral-de", _request("api.mistral.ai", "192.0.2.10", body=_CHAT), "allow", "default"),
+    (
+        "lookalike",
+        _request("deepseek.chat", "198.51.100.10", "/api/chat", body=_CHAT),
+        "block",
+        "block-lookalikes",
+    ),
+    (
+        "uncatalogued",
+        _request("pypi.org", "198.51.100.10", "/simple/"),
+        "alert",
+        "unknown-operator",
+    ),
+    (
+        "unknown-address",
+        _request("api.openai.com", "2001:db8:9::1", body=_CHAT),
+        "block",
+        "unknown-address",
+    ),
+    (
+        "local-ollama",
+        _request("localhost", "127.0.0.1", "/api/chat", body=_CHAT, port=11434),
+        "allow",
+        "local",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def lab_inspector(tmp_path_factory: pytest.TempPathFactory) -> Inspector:
+    """The real inspector: a real lab GeoIP database, the shipped catalog and classifier."""
+    from helpers.geoip import lab_chain
+
+    from egresswatch.catalog import Catalog
+
+    geo = lab_chain(tmp_path_factory.mktemp("geo"), registry=False)
+    return Inspector(geo, Catalog.load(), Policy.example())
+
+
+@pytest.mark.parametrize(
+    ("case", "obs", "action", "rule"), PIPELINE_CASES, ids=_ids(PIPELINE_CASES)
+)
+def test_example_policy_in_the_real_pipeline(
+    lab_inspector: Inspector, case: str, obs: Observation, action: str, rule: str
+) -> None:
+    decision = lab_inspector.inspect(obs)
+    verdict = decision.verdict
+    assert (verdict.action.value, verdict.rule) == (action, rule), verdict.reason
+    assert verdict.enforced is (action == "block")
+    assert "jane.doe@example.com" not in verdict.reason  # redacted forms only
+    if obs.body == _CHAT and action != "allow" and rule != "local":
+        assert "email" in verdict.reason
