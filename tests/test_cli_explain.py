@@ -109,6 +109,9 @@ def test_lookalike_host_is_reported_as_lookalike(geo_db: Path) -> None:
     d = json.loads(proc.stdout)
     assert d["service"]["match"] == "lookalike"
     assert "lookalike" in d["flags"]
+    assert d["operator_country"] is None  # a lookalike has no trustworthy operator
+    human = run("GET", "https://deepseek.chat/", "--address", "203.0.113.10", *geo_args(geo_db))
+    assert "lookalike of DeepSeek" in human.stdout and "operator unknown" in human.stdout
 
 
 @pytest.mark.parametrize(

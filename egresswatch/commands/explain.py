@@ -176,8 +176,12 @@ def _print(decision: Decision) -> None:
     table.add_row("address country", f"{where} (source: {geo['source']})")
     service = data["service"]
     if service:
-        line = f"{service['name']} [{service['match']}] — {service['operator']}, " \
-               f"{service['operator_country']}; category {service['category']}"
+        if service["match"] == "lookalike":
+            line = f"lookalike of {service['name']} [lookalike]: not operated by " \
+                   f"{service['operator']} ({service['operator_country']}); operator unknown"
+        else:
+            line = f"{service['name']} [{service['match']}] — {service['operator']}, " \
+                   f"{service['operator_country']}; category {service['category']}"
         if service["unverified"]:
             line += f" (unverified: {', '.join(service['unverified'])})"
         table.add_row("service", escape(line))
