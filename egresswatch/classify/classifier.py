@@ -8,7 +8,7 @@ inspector gets an answer (at worst ``other`` with the flag ``classify-error``).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 from egresswatch.classify import body as bodymod
@@ -36,9 +36,12 @@ _IMAGE_MARKERS = (b'"image_url"', b'"input_image"', b'"images"', b"data:image/",
 _AUDIO_MARKERS = (b'"input_audio"', b"data:audio/", b'"audio/')
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
-    """What a request carries: payload types (enum order, no duplicates), findings, flags."""
+class Classification(NamedTuple):
+    """What a request carries: payload types (enum order, no duplicates), findings, flags.
+
+    A NamedTuple rather than a frozen dataclass: it is built once per request on the hot
+    path, and a frozen dataclass's ``__init__`` costs several times more.
+    """
 
     payload_types: tuple[PayloadType, ...]
     findings: tuple[Finding, ...]
@@ -251,7 +254,7 @@ def _classify(obs: Observation, category: str | None) -> Classification:
             _body(req, obs, bool(ptypes))
         if query:
             _query(req, query)
-        if path:
+        if len(path) >= 20:  # no key or token format is shorter
             fmod.scan_keys(path, "path", req.findings)
         fmod.scan_headers(obs.headers, req.findings)
         if not req.types or category in ("telemetry", "update-service"):
@@ -264,11 +267,17 @@ def _classify(obs: Observation, category: str | None) -> Classification:
 
     if any(f.kind in _SECRET_KINDS and f.where in _PAYLOAD_WHERE for f in req.findings.values()):
         req.types.append(P.CREDENTIAL)
-    types = sorted(set(req.types), key=_ORDER.__getitem__) or [P.OTHER]
+    types = req.types
+    if not types:
+        ordered: tuple[PayloadType, ...] = (P.OTHER,)
+    elif len(types) == 1:
+        ordered = (types[0],)
+    else:
+        ordered = tuple(sorted(dict.fromkeys(types), key=_ORDER.__getitem__))
     return Classification(
-        payload_types=tuple(types),
-        findings=tuple(req.findings.values()),
-        flags=tuple(dict.fromkeys(req.flags)),
+        ordered,
+        tuple(req.findings.values()) if req.findings else (),
+        tuple(dict.fromkeys(req.flags)) if req.flags else (),
     )
 
 

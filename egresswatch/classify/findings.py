@@ -313,36 +313,57 @@ def _phone(span: str, digits: str) -> str | None:
     return phonenumbers.region_code_for_number(number) or "intl"
 
 
-def _number(span: str, where: str, out: Findings) -> bool:
-    """Validate one candidate number (digits and separators, maybe "+", "(", a final "X")."""
+_Hit = tuple[FindingKind, str, str] | None
+
+
+def _validate_number(span: str) -> _Hit:
+    """(kind, value, detail) of one candidate number (digits and separators, maybe "+", "(",
+    a final "X"), or None."""
     digits = "".join(c for c in span if c.isdigit())
     n = len(digits)
     if n < 7:
-        return False
+        return None
     if span[-1] in "Xx":
         compact = digits + "X"
         if n == 17 and span[:-1].isdigit() and cn_ric.is_valid(compact):
-            _add(out, FindingKind.NATIONAL_ID, compact, where, "cn-ric")
-            return True
-        return False
+            return FindingKind.NATIONAL_ID, compact, "cn-ric"
+        return None
     if n == 18 and span.isdigit() and cn_ric.is_valid(digits):
-        _add(out, FindingKind.NATIONAL_ID, digits, where, "cn-ric")
-        return True
+        return FindingKind.NATIONAL_ID, digits, "cn-ric"
     if n == 9 and _SSN_SHAPE.match(span):
-        if us_ssn.is_valid(span):
-            _add(out, FindingKind.NATIONAL_ID, span, where, "us-ssn")
-            return True
-        return False
+        return (FindingKind.NATIONAL_ID, span, "us-ssn") if us_ssn.is_valid(span) else None
     if 13 <= n <= 19 and len(set(digits)) > 1 and _CARD_SHAPE.match(span):
         brand = _card_brand(digits)
         if brand and luhn.is_valid(digits):
-            _add(out, FindingKind.PAYMENT_CARD, digits, where, brand)
-            return True
+            return FindingKind.PAYMENT_CARD, digits, brand
     region = _phone(span, digits)
     if region:
-        _add(out, FindingKind.PHONE, span, where, region.lower())
-        return True
-    return False
+        return FindingKind.PHONE, span, region.lower()
+    return None
+
+
+#: Validated numbers by hash of their text (libphonenumber costs ~100 µs a number and chat
+#: histories repeat the same few). Holds redacted answers only, never the number itself.
+_NUMBER_CACHE: dict[int, tuple[FindingKind, str, str] | None] = {}
+_NUMBER_CACHE_SIZE = 4096
+
+
+def _number(span: str, where: str, out: Findings) -> bool:
+    """Validate one candidate number and record it; True if it was one of ours."""
+    key = hash(span)
+    try:
+        hit = _NUMBER_CACHE[key]
+    except KeyError:
+        found = _validate_number(span)
+        hit = None if found is None else (found[0], redact(*found), found[2])
+        if len(_NUMBER_CACHE) >= _NUMBER_CACHE_SIZE:
+            _NUMBER_CACHE.clear()
+        _NUMBER_CACHE[key] = hit
+    if hit is None:
+        return False
+    kind, red, detail = hit
+    out.setdefault((kind, red, where, detail), Finding(kind, red, where, detail))
+    return True
 
 
 def _number_windows(span: str, where: str, out: Findings) -> None:
