@@ -2,15 +2,19 @@
 
 Every detector is two-staged because it sits on the proxy's hot path (≥ 20,000 decisions/s):
 
-1. a cheap gate (a substring test) and one compiled regular expression that proposes
-   *candidates*;
-2. a validator that only sees candidates: Luhn for cards, ISO 13616 mod-97 for IBANs,
-   GB 11643-1999 for Chinese resident identity numbers and the SSA's area/group/serial rules for
-   US SSNs (all from python-stdnum), libphonenumber's metadata for phone numbers, a base64url
-   JSON header for JWTs.
+1. *candidates* come from C-speed primitives on the raw bytes: ``bytes.translate`` folds the
+   body into a tiny alphabet (digits, capitals, separators; or "key characters"), after which
+   literal substring searches and one simple regular expression find every place worth a look;
+2. a validator only sees candidates: Luhn for cards, ISO 13616 MOD 97-10 for IBANs,
+   GB 11643-1999 for Chinese resident identity numbers and the SSA's area/group/serial rules
+   for US SSNs (all from python-stdnum), libphonenumber's metadata for phone numbers, a
+   base64url JSON header for JWTs, known prefixes and randomness for keys.
 
 A random 16-digit number, a UUID, a Unix timestamp or a version string is therefore not a
-finding. Each finding keeps only a redacted value (see :mod:`egresswatch.classify.redact`).
+finding. Each finding keeps only a redacted value (see :mod:`egresswatch.classify.redact`), and
+the caches on the hot path hold redacted answers keyed by hash, never a raw secret.
+Pathological bodies are bounded: each detector looks at :data:`MAX_CANDIDATES` candidates at
+most per scan and reports that it stopped.
 """
 
 from __future__ import annotations
