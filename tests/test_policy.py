@@ -1512,3 +1512,56 @@ def test_example_policy_in_the_real_pipeline(
     assert "jane.doe@example.com" not in verdict.reason  # redacted forms only
     if obs.body == _CHAT and action != "allow" and rule != "local":
         assert "email" in verdict.reason
+
+
+_MATCHER_VALUES: dict[str, st.SearchStrategy[str]] = {
+    "service": st.sampled_from(['"deepseek"', '"openai"', '["huggingface", "sentry"]']),
+    "category": st.sampled_from(['"chat-api"', '["telemetry", "model-hub"]']),
+    "operator_country": st.sampled_from(['"CN"', '["US", "ZZ"]', '"EU"', '["EEA", "JP"]']),
+    "address_country": st.sampled_from(['"CN"', '["US", "ZZ"]', '"EU"', '["NO"]']),
+    "payload": st.sampled_from(['"chat-prompt"', '["telemetry", "credential"]']),
+    "finding": st.sampled_from(['"email"', '["api-key", "private-key"]']),
+    "flag": st.sampled_from(['"ech"', '["name-mismatch", "lookalike"]']),
+    "client": st.sampled_from(['"ci-bot/*"', '["10.9.*", "*python*"]', '"127.0.0.1"']),
+    "host": st.sampled_from(
+        [
+            '"*.openai.com"',
+            '["api.deepseek.com", "*.internal"]',
+            '"*lab*"',
+            '"a.b"',
+            '["*.com", "192.0.2.*", "x?.lab.internal"]',
+            '"*"',
+            '"*example"',
+        ]
+    ),
+    "port": st.sampled_from(["443", '[1234, "8000-8081"]', '"11434"']),
+    "sensor": st.sampled_from(['"proxy"', '["sniffer", "verify"]']),
+    "lookalike": st.sampled_from(["true", "false"]),
+    "local": st.sampled_from(["true", "false"]),
+}
+
+
+@st.composite
+def _random_policy(draw: st.DrawFn) -> str:
+    lines = ['approved = ["EU", "US"]']
+    for n in range(draw(st.integers(min_value=1, max_value=8))):
+        lines += ["[[rules]]", f'name = "r{n}"', 'action = "block"']
+        keys = draw(st.lists(st.sampled_from(sorted(_MATCHER_VALUES)), max_size=4, unique=True))
+        lines += [f"{key} = {draw(_MATCHER_VALUES[key])}" for key in keys]
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_random_policy(), a=_assessments)
+def test_random_policies_compile_to_the_naive_reading(text: str, a: Assessment) -> None:
+    policy = Policy.from_text(text)
+    local = a.geo.is_local
+    rules = policy._local_rules if local else policy._egress_rules
+    chain = policy._local_first if local else policy._egress_first
+    expected = next((i for i, r in enumerate(rules) if _naive_matches(r, a)), -1)
+    assert (chain(a) if chain is not None else -1) == expected, text
+    verdict = policy.decide(a)
+    if expected >= 0:
+        assert verdict.rule == rules[expected].name
+    else:
+        assert verdict.rule in BUILTIN_RULES
