@@ -11,8 +11,10 @@ block the event loop.
   with ``connection_strategy=lazy``, no upstream connection. Passthrough hosts are
   judged and recorded, then relayed without interception.
 - ``requestheaders``: host, path, headers. ``request``: the body (first
-  ``egresswatch_body_limit`` bytes). Larger bodies are streamed, holding back only
-  the first ``egresswatch_body_limit`` bytes until they are judged.
+  ``egresswatch_body_limit`` bytes). Bodies up to ``egresswatch_stream_above``
+  are buffered, so a block answers 451 and nothing leaves; larger ones are
+  streamed, holding back their first ``egresswatch_body_limit`` bytes until judged
+  (the request line and headers have left by then; no body byte has).
 - ``response`` / ``error`` / ``websocket_end`` / ``tcp_end`` / ``udp_end``: a
   FlowClosed with byte counts and duration.
 - WebSocket messages are judged one by one; a blocked message is dropped.
@@ -50,8 +52,10 @@ log = logging.getLogger(__name__)
 
 #: metadata key shared with other addons
 META = "egresswatch"
-#: default number of body bytes held for classification (also the streaming threshold)
+#: default number of body bytes held for classification
 DEFAULT_BODY_LIMIT = 256 * 1024
+#: bodies above this are streamed, not buffered (mitmproxy holds buffered bodies in memory)
+DEFAULT_STREAM_ABOVE = 16 * 1024 * 1024
 #: HTTP 451 Unavailable For Legal Reasons (RFC 7725): a jurisdiction rule refused the request.
 BLOCK_STATUS = 451
 #: how long a name resolved for judging stays cached, and how long a lookup may take
@@ -72,6 +76,7 @@ class AddonConfig:
     """The addon's own options, parsed once (see :func:`parse_options`)."""
 
     body_limit: int = DEFAULT_BODY_LIMIT
+    stream_above: int = DEFAULT_STREAM_ABOVE
     allow_quic: bool = False
     passthrough: tuple[str, ...] = ()
     process_lookup: bool = True
@@ -106,11 +111,22 @@ def parse_passthrough(patterns: Iterable[str]) -> tuple[str, ...]:
 
 
 def parse_options(
-    body_limit: str, allow_quic: bool, passthrough: Sequence[str], process_lookup: bool
+    body_limit: str,
+    allow_quic: bool,
+    passthrough: Sequence[str],
+    process_lookup: bool,
+    stream_above: str = "16m",
 ) -> AddonConfig:
     """Turn option strings into an :class:`AddonConfig`. Raises ValueError."""
+    limit, above = parse_size(body_limit), parse_size(stream_above)
+    if above < limit:
+        raise ValueError(
+            f"egresswatch_stream_above ({stream_above}) must not be below "
+            f"egresswatch_body_limit ({body_limit})"
+        )
     return AddonConfig(
-        body_limit=parse_size(body_limit),
+        body_limit=limit,
+        stream_above=above,
         allow_quic=allow_quic,
         passthrough=parse_passthrough(passthrough),
         process_lookup=process_lookup,
@@ -310,8 +326,14 @@ class EgressWatch:
             "egresswatch_body_limit",
             str,
             "256k",
-            "Request body bytes read for classification; larger bodies are streamed "
-            "and judged on their first bytes (held back until judged).",
+            "Request body bytes read for classification (the first bytes of larger ones).",
+        )
+        loader.add_option(
+            "egresswatch_stream_above",
+            str,
+            "16m",
+            "Bodies larger than this are streamed instead of held in memory; their first "
+            "egresswatch_body_limit bytes are held back until judged.",
         )
         loader.add_option(
             "egresswatch_allow_quic",
@@ -345,6 +367,7 @@ class EgressWatch:
                 opts.egresswatch_allow_quic,
                 opts.egresswatch_passthrough,
                 opts.egresswatch_process_lookup,
+                opts.egresswatch_stream_above,
             )
         except ValueError as e:
             raise exceptions.OptionsError(f"egresswatch: {e}") from e
@@ -353,6 +376,7 @@ class EgressWatch:
             "egresswatch_allow_quic",
             "egresswatch_passthrough",
             "egresswatch_process_lookup",
+            "egresswatch_stream_above",
         }
         if building and not self._injected:
             self._build(opts)
@@ -445,9 +469,13 @@ class EgressWatch:
         return hit[0] if hit else None
 
     def _start_attribution(self, client: connection.Client) -> None:
-        if not self._cfg.process_lookup or not is_local_client(client.peername[0]):
+        if not self._cfg.process_lookup or not client.peername:
             return
         addr, port = client.peername[0], client.peername[1]
+        # Same host: loopback, or a connection from one of our own addresses to itself.
+        same_host = is_local_client(addr) or bool(client.sockname and client.sockname[0] == addr)
+        if not same_host:
+            return
         task = asyncio.ensure_future(asyncio.to_thread(self._procs.owner, addr, port))
         self._attr[client.id] = task
 
@@ -587,7 +615,7 @@ class EgressWatch:
         length = flow.request.headers.get("content-length")
         chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
         too_big = chunked or (
-            length is not None and length.isdigit() and int(length) > self._cfg.body_limit
+            length is not None and length.isdigit() and int(length) > self._cfg.stream_above
         )
         if not too_big:
             # mitmproxy buffers the body and, with lazy connections, sends nothing upstream

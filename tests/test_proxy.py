@@ -59,6 +59,7 @@ def test_public_names_are_hooks_load_configure() -> None:
         ("egresswatch_body_limit", "lots", "not a size"),
         ("egresswatch_body_limit", "-5", "negative"),
         ("egresswatch_passthrough", ["bad host/x"], "not a host pattern"),
+        ("egresswatch_stream_above", "1k", "must not be below"),
     ],
 )
 def test_bad_option_stops_startup(option: str, value: object, message: str) -> None:
@@ -125,7 +126,7 @@ async def test_blocked_request_gets_451_with_reasons() -> None:
 
 
 async def test_large_upload_blocked_at_headers_before_its_body() -> None:
-    addon, sink, _tctx = make(egresswatch_body_limit="1k")
+    addon, sink, _tctx = make(egresswatch_body_limit="1k", egresswatch_stream_above="1m")
     f = mitm.http_flow(body=b"")
     f.request.headers["content-length"] = str(10 * 1024 * 1024)
     await addon.requestheaders(f)
@@ -173,11 +174,23 @@ async def test_allowed_request_records_once_and_closes_with_bytes() -> None:
 
 
 async def test_body_limit_bounds_what_is_classified() -> None:
-    addon, _sink, _tctx = make(egresswatch_body_limit="16")
+    addon, _sink, _tctx = make(egresswatch_body_limit="16", egresswatch_stream_above="32")
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
     f.request.headers["content-length"] = str(len(CHAT))
     await addon.requestheaders(f)
     assert isinstance(f.request.stream, proxy._HeadHold)
+
+
+async def test_medium_body_is_buffered_and_judged_on_its_head() -> None:
+    addon, sink, _tctx = make(egresswatch_body_limit="64", egresswatch_stream_above="1m")
+    body = b'{"messages": [{"content": "' + b"a" * 200 + b' sk-secret"}]}'
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=body)
+    await addon.requestheaders(f)
+    assert not f.request.stream
+    addon.request(f)
+    obs = sink.decisions[-1].observation
+    assert obs.body == body[:64] and obs.body_truncated
+    assert f.response is None  # the secret is past the judged head: allowed, and recorded so
 
 
 def test_head_hold_releases_after_judging() -> None:
@@ -209,7 +222,7 @@ def test_head_hold_judges_short_body_at_end() -> None:
 
 
 async def test_streamed_upload_blocked_on_its_head() -> None:
-    addon, sink, _tctx = make(egresswatch_body_limit="32")
+    addon, sink, _tctx = make(egresswatch_body_limit="32", egresswatch_stream_above="64")
     body = b'{"messages": [], "x": "' + b"sk-secret" + b"A" * 100 + b'"}'
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=b"")
     f.request.headers["content-length"] = str(len(body))

@@ -10,6 +10,7 @@ nothing reached it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
@@ -187,6 +188,8 @@ def _mitmdump(lab: ProxyLab, mode: str, port: int, db: Path, metrics: int) -> li
         "egresswatch_sensor_name=lab-gw",
         "--set",
         "egresswatch_body_limit=64k",
+        "--set",
+        "egresswatch_stream_above=512k",
     ]
 
 
@@ -391,6 +394,121 @@ def test_metrics_count_verdicts(plab: ProxyLab) -> None:
     ]
     assert blocks and sum(float(line.rsplit(" ", 1)[1]) for line in blocks) >= 1
     assert 'country="CN"' in "".join(blocks)
+
+
+def test_large_upload_streamed_intact(plab: ProxyLab) -> None:
+    t0 = time.time()
+    blob = plab.tmp / "upload-ok.bin"
+    data = (b"lab measurement row, nothing sensitive here\n" * 30000)[: 1024 * 1024]
+    blob.write_bytes(data)
+    code, out = plab.curl(
+        "-H",
+        "content-type: application/octet-stream",
+        "--data-binary",
+        f"@{blob}",
+        "https://api.openai.com/v1/uploads/x",
+    )
+    assert code == 0 and json.loads(out)["ok"]
+    reqs = plab.server_events(t0, "request")
+    assert [r["body_len"] for r in reqs] == [len(data)]
+    assert reqs[0]["body_sha256"] == hashlib.sha256(data).hexdigest()
+    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/v1/uploads/x")
+    assert rows[0].verdict == "allow" and rows[0].stage == "request"
+    assert "body-truncated" in rows[0].flags  # judged on its first 64 KiB
+
+
+def test_buffered_upload_blocked_451_and_nothing_left(plab: ProxyLab) -> None:
+    t0 = time.time()
+    blob = plab.tmp / "upload-card-300k.csv"
+    blob.write_bytes(b"customer,card\nalice,4111 1111 1111 1111\n" + b"x" * (300 * 1024))
+    code, out = plab.curl(
+        "-H",
+        "content-type: text/csv",
+        "--data-binary",
+        f"@{blob}",
+        "https://api.openai.com/v1/uploads/buffered",
+    )
+    assert code == 0 and json.loads(out)["rule"] == "no-card-numbers"
+    time.sleep(0.3)
+    assert plab.server_events(t0) == []  # not even a connection
+
+
+def test_streamed_upload_blocked_on_its_head_sends_no_body_byte(plab: ProxyLab) -> None:
+    t0 = time.time()
+    blob = plab.tmp / "upload-card.csv"
+    blob.write_bytes(b"customer,card\nalice,4111 1111 1111 1111\n" + b"x" * (1024 * 1024))
+    # Above egresswatch_stream_above the body is streamed: the verdict comes after the
+    # headers left, so the client gets no 451 (it waits; --max-time bounds it).
+    plab.net.lab.sh(
+        "curl",
+        "-s",
+        "--max-time",
+        "4",
+        "--cacert",
+        str(plab.ca),
+        "-x",
+        "http://10.77.1.1:8080",
+        "-H",
+        "content-type: text/csv",
+        "--data-binary",
+        f"@{blob}",
+        "https://api.openai.com/v1/uploads/y",
+        ns=plab.net.client,
+        check=False,
+    )
+    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/v1/uploads/y")
+    assert rows[0].verdict == "block" and rows[0].rule == "no-card-numbers"
+    time.sleep(0.5)
+    events = plab.server_events(t0)
+    # The request line and headers left when streaming began (documented); no body byte did.
+    assert [e["event"] for e in events if e["event"].startswith("request")][:1] == ["request-head"]
+    assert not [e for e in events if e["event"] == "request"], events
+    partial = [e for e in events if e["event"] == "request-incomplete"]
+    assert all(e["body_len"] == 0 for e in partial), partial
+
+
+def test_passthrough_host_not_intercepted_but_recorded(plab: ProxyLab) -> None:
+    t0 = time.time()
+    # The client trusts only the server's own CA: this works only without interception.
+    res = plab.net.lab.sh(
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "--cacert",
+        str(plab.pki.ca_cert),
+        "-x",
+        "http://10.77.1.1:8080",
+        "https://pinned.lab.internal/pinned",
+        ns=plab.net.client,
+        check=False,
+    )
+    assert res.returncode == 0 and json.loads(res.stdout)["path"] == "/pinned"
+    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.sni == "pinned.lab.internal")
+    assert rows[0].stage == "clienthello" and rows[0].verdict == "allow"
+    assert rows[0].country == "DE"
+
+
+def test_local_client_attributed_to_its_process(plab: ProxyLab) -> None:
+    t0 = time.time()
+    # curl in the gateway namespace talks to the proxy on the same host.
+    res = plab.net.lab.sh(
+        "curl",
+        "-s",
+        "--max-time",
+        "10",
+        "--cacert",
+        str(plab.ca),
+        "-x",
+        "http://10.77.1.1:8080",
+        "https://api.openai.com/local-client",
+        ns=plab.net.gateway,
+        check=False,
+    )
+    assert res.returncode == 0
+    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/local-client")
+    assert rows[0].client_process == "curl" and rows[0].client_pid
+    assert rows[0].client_app == "curl"
 
 
 # -- transparent mode -------------------------------------------------------------------

@@ -157,8 +157,11 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> b
                 while (await reader.readuntil(b"\r\n")) != b"\r\n":
                     pass
                 return bytes(out)
-            out += await reader.readexactly(size)
-            await reader.readexactly(2)
+            try:
+                out += await reader.readexactly(size)
+                await reader.readexactly(2)
+            except asyncio.IncompleteReadError as e:
+                raise asyncio.IncompleteReadError(bytes(out) + e.partial, None) from e
     length = int(headers.get("content-length", "0") or 0)
     return await reader.readexactly(length) if length else b""
 
@@ -262,7 +265,19 @@ class Server:
                 except (asyncio.IncompleteReadError, ConnectionError, ValueError):
                     return
                 hdrs = dict(headers)
-                body = await _read_body(reader, hdrs)
+                self.log.write(
+                    "request-head",
+                    scheme=scheme,
+                    method=method,
+                    path=target,
+                    host=hdrs.get("host"),
+                    length=hdrs.get("content-length"),
+                )
+                try:
+                    body = await _read_body(reader, hdrs)
+                except asyncio.IncompleteReadError as e:
+                    self.log.write("request-incomplete", path=target, body_len=len(e.partial))
+                    return
                 self.log.write(
                     "request",
                     scheme=scheme,
