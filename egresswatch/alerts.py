@@ -442,18 +442,21 @@ class _Worker:
         self._thread.start()
 
     def submit(self, alert: Alert) -> None:
+        """Queue an alert; called by the dispatcher thread only (one producer)."""
         alert = dataclasses.replace(alert, channel=self.channel.name, state=DeliveryState.PENDING)
         with self._cond:
             full = len(self._heap) >= self._capacity or self._closing
-            if not full:
-                heapq.heappush(self._heap, (time.monotonic(), next(self._seq), alert))
-                self._cond.notify()
         if full:
             self._notify(
                 dataclasses.replace(alert, state=DeliveryState.DROPPED, error="queue full")
             )
-        else:
-            self._notify(alert)
+            return
+        # report "pending" before the worker can see the alert, so that callbacks
+        # (the store) always get a channel's states in order
+        self._notify(alert)
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic(), next(self._seq), alert))
+            self._cond.notify()
 
     def _run(self) -> None:
         while True:
