@@ -747,3 +747,28 @@ class StoreAlertRecorder:
                 )
         except Exception:
             self.errors += 1
+
+
+def channels_from(
+    *,
+    log: str | Path | None = None,
+    webhook: str | None = None,
+    webhook_format: str = "json",
+    syslog: bool | str | tuple[str, int] = False,
+) -> list[Channel]:
+    """The channels a configuration asks for (``Settings.alert_*``), validated up front.
+
+    ``syslog`` is True for the default target, or a socket path / ``(host, port)``.
+    Raises :class:`~egresswatch.errors.ConfigError` for a bad URL, format or path,
+    so a mistake fails at start, never mid-traffic.
+    """
+    channels: list[Channel] = []
+    if log is not None:
+        channels.append(LogChannel(log))
+    if webhook:
+        channels.append(WebhookChannel(webhook, format=webhook_format))
+    if syslog is True:
+        channels.append(SyslogChannel())
+    elif syslog:
+        channels.append(SyslogChannel(syslog))
+    return channels

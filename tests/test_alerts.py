@@ -456,3 +456,20 @@ def test_store_recorder_survives_a_broken_store(tmp_path: Path) -> None:
     sink.close()
     assert recorder.errors >= 1
     assert len(_lines(out)) == 1  # delivery went on
+
+
+def test_channels_from_settings(tmp_path: Path) -> None:
+    from egresswatch.alerts import channels_from
+
+    chans = channels_from(
+        log=tmp_path / "a.jsonl",
+        webhook="http://127.0.0.1:9/hook",
+        webhook_format="slack",
+        syslog=("127.0.0.1", 514),
+    )
+    assert [c.name for c in chans] == ["log", "slack", "syslog"]
+    assert channels_from() == []
+    with pytest.raises(ConfigError, match="alert webhook"):
+        channels_from(webhook="ftp://x/")
+    for c in chans:
+        c.close()
