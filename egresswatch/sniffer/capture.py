@@ -80,11 +80,11 @@ def run_file(sniffer: Sniffer, path: Path, limit: int | None = None) -> int:
     """Feed a whole pcap/pcapng file to the sniffer, then finish every flow. Returns packets fed.
 
     Classic pcap is read in large chunks with one ``struct`` call per record:
-    scapy's ``RawPcapReader`` alone manages about 70,000 records/s on a busy
-    2-core machine (two small reads and a namedtuple per packet), below the
-    100,000 packets/s the sniffer must sustain. pcapng (several interfaces and
-    link types per file, options, block types) goes through scapy's
-    ``RawPcapNgReader``.
+    scapy's ``RawPcapReader`` makes two small reads and a namedtuple per record,
+    which on a busy 2-core machine was measured between 70,000 and 290,000
+    records/s (bench/sniffer.py prints it) -- too close to the 100,000 packets/s
+    the whole sniffer must sustain. pcapng (several interfaces and link types per
+    file, options, block types) goes through scapy's ``RawPcapNgReader``.
     """
     try:
         with open(path, "rb") as fh:
