@@ -115,6 +115,8 @@ class ProxyConfig:
     passthrough: tuple[str, ...] = ()
     allow_quic: bool = False
     process_lookup: bool = True
+    #: bodies above this many bytes are streamed (their head judged) instead of buffered
+    stream_above: int = 16 * 1024 * 1024
     #: trust this CA (PEM) for upstream servers, keeping verification on (test labs)
     upstream_ca: Path | None = None
     #: raw mitmproxy options (``--set NAME=VALUE``), applied last
@@ -182,6 +184,7 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
         "egresswatch_allow_quic": config.allow_quic,
         "egresswatch_passthrough": list(config.passthrough),
         "egresswatch_process_lookup": config.process_lookup,
+        "egresswatch_stream_above": str(config.stream_above),
     }
     if config.settings.mode is Mode.ENFORCE or _policy_mode(inspector) is Mode.ENFORCE:
         values["connection_strategy"] = "lazy"
@@ -317,6 +320,14 @@ def _policy_mode_flag(enforce: bool | None) -> Mode | None:
     "after their first BODY-LIMIT bytes are judged.",
 )
 @click.option(
+    "--stream-above",
+    type=SizeType(),
+    default="16m",
+    show_default=True,
+    help="Bodies larger than this are streamed instead of held in memory; only their "
+    "first BODY-LIMIT bytes are held back until judged (the request line has left by then).",
+)
+@click.option(
     "--passthrough",
     multiple=True,
     type=HostPatternType(),
@@ -367,6 +378,10 @@ def proxy(**params: Any) -> None:
       egresswatch proxy --policy lab.toml --enforce --db sqlite:///flows.db
       egresswatch proxy --mode transparent --listen 0.0.0.0:8080
     """
+    if params["stream_above"] < params["body_limit"]:
+        raise click.BadParameter(
+            "must not be below --body-limit", param_hint="'--stream-above'"
+        )
     settings = Settings(
         policy=params["policy"],
         mode=_policy_mode_flag(params["enforce"]),
@@ -389,6 +404,7 @@ def proxy(**params: Any) -> None:
         passthrough=tuple(params["passthrough"]),
         allow_quic=params["allow_quic"],
         process_lookup=not params["no_process_lookup"],
+        stream_above=params["stream_above"],
         upstream_ca=params["upstream_ca"],
         extra=tuple(params["extra"]),
         verbose=params["verbose"],

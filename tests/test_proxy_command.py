@@ -1,0 +1,204 @@
+"""``egresswatch proxy``: flag validation, and a real run on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from conftest import ROOT, egresswatch_bin
+from helpers.servers import read_log
+
+from egresswatch.cli import cli
+from egresswatch.commands.proxy import ProxyConfig, build_master, trust_hints
+from egresswatch.runtime import Settings
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mode", "bogus"], "is not a proxy mode"),
+        (["--mode", "local"], "not supported here"),
+        (["--mode", "regular@8081"], "with --listen"),
+        (["--listen", "nope"], "is not HOST:PORT"),
+        (["--body-limit", "lots"], "not a size"),
+        (["--passthrough", "a b"], "not a host pattern"),
+        (["--set", "novalue"], "is not NAME=VALUE"),
+        (["--body-limit", "1m", "--stream-above", "64k"], "must not be below --body-limit"),
+        (["--policy", "/nonexistent.toml"], "does not exist"),
+    ],
+)
+def test_bad_flags_are_usage_errors(args: list[str], message: str) -> None:
+    res = CliRunner().invoke(cli, ["proxy", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert "Traceback" not in res.output
+
+
+def test_bad_policy_file_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('mode = "sometimes"\n')
+    res = CliRunner().invoke(cli, ["proxy", "--policy", str(bad), "--no-store", "--no-metrics"])
+    assert res.exit_code == 3, res.output
+    assert "bad.toml" in res.output and "Traceback" not in res.output
+
+
+def test_help_explains_modes_and_safe_default() -> None:
+    res = CliRunner().invoke(cli, ["proxy", "--help"])
+    assert res.exit_code == 0
+    for word in ("transparent", "wireguard", "upstream:URL", "127.0.0.1:8080", "Loopback"):
+        assert word in res.output
+
+
+def test_trust_hints_name_python_variables(tmp_path: Path) -> None:
+    lines = "\n".join(trust_hints(tmp_path / "ca.pem", ("127.0.0.1", 8080), "regular"))
+    assert f"SSL_CERT_FILE={tmp_path / 'ca.pem'}" in lines
+    assert "REQUESTS_CA_BUNDLE=" in lines and "HTTPS_PROXY=http://127.0.0.1:8080" in lines
+
+
+async def test_build_master_sets_lazy_in_enforce_mode(tmp_path: Path) -> None:
+    from egresswatch.model import Mode
+
+    settings = Settings(mode=Mode.ENFORCE, store=False, metrics_listen=None)
+    master = build_master(
+        ProxyConfig(
+            settings=settings,
+            confdir=tmp_path,
+            listen=("127.0.0.1", 0),
+            extra=(("ssl_insecure", "false"),),
+        )
+    )
+    assert master.options.connection_strategy == "lazy"
+    assert master.options.egresswatch_body_limit == str(settings.body_limit)
+    assert master.addons.get("egresswatch") is not None
+    master.addons.get("egresswatch").done()
+
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.mark.slow
+def test_real_run_on_loopback_records_and_stops_cleanly(tmp_path: Path) -> None:
+    server_port, proxy_port, metrics_port = _free_port(), _free_port(), _free_port()
+    log = tmp_path / "server.jsonl"
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/helpers/servers.py"),
+            "--bind",
+            "127.0.0.1",
+            "--http",
+            str(server_port),
+            "--log",
+            str(log),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    db = tmp_path / "flows.db"
+    proxy = subprocess.Popen(
+        [
+            egresswatch_bin(),
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{proxy_port}",
+            "--confdir",
+            str(tmp_path / "conf"),
+            "--db",
+            f"sqlite:///{db}",
+            "--metrics-listen",
+            f"127.0.0.1:{metrics_port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    try:
+        _wait_port(proxy_port, proxy)
+        r = httpx.post(
+            f"http://127.0.0.1:{server_port}/v1/chat/completions",
+            json={"messages": [{"role": "user", "content": "hi"}]},
+            proxy=f"http://127.0.0.1:{proxy_port}",
+            timeout=10,
+        )
+        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        assert [e["path"] for e in read_log(log) if e["event"] == "request"] == [
+            "/v1/chat/completions"
+        ]
+        metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert "egresswatch_decisions_total" in metrics
+        proxy.send_signal(signal.SIGINT)
+        _, err = proxy.communicate(timeout=20)
+        assert proxy.returncode == 0, err.decode()
+        text = err.decode()
+        ca = tmp_path / "conf" / "mitmproxy-ca-cert.pem"
+        assert ca.exists() and f"SSL_CERT_FILE={ca}" in text
+        assert f"HTTPS_PROXY=http://127.0.0.1:{proxy_port}" in text
+    finally:
+        for p in (proxy, server):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    from egresswatch.store import FlowFilter, open_store, query_flows
+
+    store = open_store(f"sqlite:///{db}")
+    try:
+        rows = list(query_flows(store, FlowFilter(), limit=10))
+    finally:
+        store.close()
+    assert [r.path for r in rows] == ["/v1/chat/completions"]
+    assert rows[0].client_app == "httpx" and rows[0].client_process  # same host: /proc lookup
+
+
+@pytest.mark.slow
+def test_port_in_use_is_a_runtime_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = subprocess.run(
+            [
+                egresswatch_bin(),
+                "proxy",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--confdir",
+                str(tmp_path / "conf"),
+                "--no-store",
+                "--no-metrics",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert res.returncode == 4, res.stderr
+    assert "egresswatch: error: mitmproxy could not start" in res.stderr
+    assert "Traceback" not in res.stderr
