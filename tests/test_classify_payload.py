@@ -885,3 +885,60 @@ def test_pathological_bodies_are_cut_short_and_flagged() -> None:
     assert result.payload_types == (P.CHAT_PROMPT,)
     assert "scan-limit" in result.flags
     assert _kinds(result) == {(K.EMAIL, "body")}
+
+
+def _ws(path: str, host: str, message: dict[str, object]) -> Observation:
+    # As the proxy builds it: the handshake's method, target and headers, the message as body.
+    return obs("GET", path, host, json.dumps(message).encode(), protocol=Protocol.WEBSOCKET)
+
+
+@pytest.mark.parametrize(
+    ("observation", "category", "expected"),
+    [
+        (
+            _ws(
+                "/v1/realtime?model=gpt-4o-realtime-preview",
+                "api.openai.com",
+                {
+                    "type": "conversation.item.create",
+                    "item": {
+                        "type": "message",
+                        "role": "user",
+                        "content": [{"type": "input_text", "text": "hi"}],
+                    },
+                },
+            ),
+            "chat-api",
+            (P.CHAT_PROMPT,),
+        ),
+        (
+            _ws(
+                "/v1/realtime",
+                "api.openai.com",
+                {"type": "input_audio_buffer.append", "audio": "UklGRg=="},
+            ),
+            None,
+            (P.CHAT_PROMPT, P.AUDIO),
+        ),
+        (
+            _ws(
+                "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent",
+                "generativelanguage.googleapis.com",
+                {"realtimeInput": {"mediaChunks": [{"mimeType": "image/jpeg", "data": "/9j/"}]}},
+            ),
+            None,
+            (P.CHAT_PROMPT, P.IMAGE),
+        ),
+        (_ws("/socket", "chat.example", {"text": "hello"}), "chat-app", (P.CHAT_PROMPT,)),
+        (_ws("/socket", "example.com", {"text": "hello"}), None, (P.OTHER,)),
+    ],
+)
+def test_websocket_messages(
+    observation: Observation, category: str | None, expected: tuple[PayloadType, ...]
+) -> None:
+    assert classify(observation, category).payload_types == expected
+
+
+def test_websocket_handshake_without_message_is_not_a_prompt() -> None:
+    o = obs("GET", "/v1/realtime", "api.openai.com", protocol=Protocol.WEBSOCKET)
+    assert classify(o, "chat-api").payload_types == (P.OTHER,)

@@ -31,9 +31,10 @@ _SEND = frozenset({"POST", "PUT", "PATCH"})
 _MAX_QUERY_FIELDS = 256
 
 # Markers of images and audio inside chat requests: OpenAI "image_url"/"input_image"/
-# "input_audio" content parts, Ollama "images", Gemini inline_data mime types, data: URLs.
+# "input_audio" content parts, Ollama "images", Gemini inline_data / Live API realtimeInput
+# mime types, data: URLs, OpenAI Realtime "input_audio_buffer.append" events.
 _IMAGE_MARKERS = (b'"image_url"', b'"input_image"', b'"images"', b"data:image/", b'"image/')
-_AUDIO_MARKERS = (b'"input_audio"', b"data:audio/", b'"audio/')
+_AUDIO_MARKERS = (b'"input_audio"', b"data:audio/", b'"audio/', b'"input_audio_buffer.append"')
 
 
 class Classification(NamedTuple):
@@ -231,7 +232,11 @@ def _query(req: _Request, query: str) -> None:
 
 
 def _classify(obs: Observation, category: str | None) -> Classification:
-    method = (obs.method or "").upper()
+    if obs.protocol is Protocol.WEBSOCKET and obs.body:
+        # A client's WebSocket message is data sent, whatever the handshake's method was.
+        method = "POST"
+    else:
+        method = (obs.method or "").upper()
     req = _Request(method)
     if obs.body_truncated:
         req.flags.append("body-truncated")

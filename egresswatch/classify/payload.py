@@ -70,6 +70,9 @@ _PATH_RULES: tuple[tuple[str, frozenset[str] | None, tuple[P, ...]], ...] = (
     ),
     (r":(?:batch)?embedcontents?$|:embedtext$", _SEND, (P.EMBEDDING_INPUT,)),
     (r":predict$|:generatetext$|:generatemessage$", _SEND, (P.COMPLETION,)),
+    # Realtime sessions over WebSocket: OpenAI /v1/realtime, Gemini Live API
+    # (…GenerativeService.BidiGenerateContent); each client message is judged on its own.
+    (r"/realtime$|bidigeneratecontent$", _SEND, (P.CHAT_PROMPT,)),
     # Ollama docs/api.md.
     (r"^/api/chat$", _SEND, (P.CHAT_PROMPT,)),
     (r"^/api/generate$", _SEND, (P.COMPLETION,)),
