@@ -37,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "proxy": ("egresswatch.commands.proxy", "proxy", "Run the inline mitmproxy sensor."),
     "sniff": ("egresswatch.commands.sniff", "sniff", "Passive capture, live or from a pcap."),
     "run": ("egresswatch.commands.run", "run", "Run the whole monitor from one config."),
+    "status": ("egresswatch.commands.status", "status", "Is the monitor running, and how is it."),
+    "ca": ("egresswatch.commands.ca", "ca", "Export the proxy's CA with install steps."),
+    "gateway": ("egresswatch.commands.gateway", "gateway", "Lab gateway: nftables redirect."),
 }
 
 
