@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import zlib
@@ -942,3 +943,31 @@ def test_websocket_messages(
 def test_websocket_handshake_without_message_is_not_a_prompt() -> None:
     o = obs("GET", "/v1/realtime", "api.openai.com", protocol=Protocol.WEBSOCKET)
     assert classify(o, "chat-api").payload_types == (P.OTHER,)
+
+
+def test_nested_login_and_mixpanel_data_field() -> None:
+    nested = classify(
+        obs(
+            "POST",
+            "/graphql",
+            "app.example",
+            {"variables": {"user": {"email": "a@example.com", "password": "pw1"}}},
+        )
+    )
+    assert nested.payload_types == (P.ACCOUNT, P.CREDENTIAL)
+    data = base64.b64encode(
+        json.dumps(
+            [{"event": "Signed up", "properties": {"$email": "ann@example.com", "token": "t"}}]
+        ).encode()
+    ).decode()
+    mixpanel = classify(obs("POST", "/track", "api-js.mixpanel.com", f"data={data}", (FORM,)))
+    assert mixpanel.payload_types == (P.TELEMETRY,)
+    assert _kinds(mixpanel) == {(K.EMAIL, "body")}
+
+
+def test_password_in_query_is_a_credential() -> None:
+    result = classify(obs("GET", "/api/login?user=ann&password=hunter2", "app.example"))
+    assert result.payload_types == (P.ACCOUNT, P.CREDENTIAL)
+    assert {(f.kind, f.where, f.redacted) for f in result.findings} == {
+        (K.PASSWORD, "query", "********")
+    }

@@ -7,6 +7,8 @@ inspector gets an answer (at worst ``other`` with the flag ``classify-error``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from typing import NamedTuple
 from urllib.parse import parse_qsl
@@ -35,6 +37,9 @@ _MAX_QUERY_FIELDS = 256
 # mime types, data: URLs, OpenAI Realtime "input_audio_buffer.append" events.
 _IMAGE_MARKERS = (b'"image_url"', b'"input_image"', b'"images"', b"data:image/", b'"image/')
 _AUDIO_MARKERS = (b'"input_audio"', b"data:audio/", b'"audio/', b'"input_audio_buffer.append"')
+
+
+_IDENTITY_MEMBERS = (b'"email"', b'"username"', b'"login"', b'"user_name"', b'"phone"')
 
 
 class Classification(NamedTuple):
@@ -142,9 +147,22 @@ def _body_form(req: _Request, text: str) -> None:
     except ValueError:
         pairs = []
         req.flags.append("too-many-fields")
-    for _, value in pairs:
+    for name, value in pairs:
         fmod.scan_text(value, "body", req.findings)
+        if name == "data" and len(value) >= 16:
+            # Mixpanel's /track and /engage send their JSON base64-encoded in a data= field.
+            decoded = _base64_json(value)
+            if decoded:
+                fmod.scan_bytes(decoded, "body", req.findings)
     _fields(req, pairs)
+
+
+def _base64_json(value: str) -> bytes | None:
+    try:
+        raw = base64.b64decode(value[: bodymod.MAX_BODY] + "=" * (-len(value) % 4), altchars=b"-_")
+    except (ValueError, binascii.Error):
+        return None
+    return raw if raw[:1] in (b"{", b"[") else None
 
 
 def _utf8(data: bytes, charset: str | None) -> bytes:
@@ -164,7 +182,10 @@ def _body_json(req: _Request, data: bytes, path_typed: bool) -> None:
         has_password = any(
             f.kind is FindingKind.PASSWORD and f.where == "body" for f in req.findings.values()
         )
-        if rules.field_account(keys, has_password):
+        # identity and password may sit in a nested object ({"user": {"email", "password"}})
+        if rules.field_account(keys, has_password) or (
+            has_password and any(m in data for m in _IDENTITY_MEMBERS)
+        ):
             req.types.append(P.ACCOUNT)
     if P.CHAT_PROMPT in req.types or P.COMPLETION in req.types:
         # one substring pass each in the common case (no media in the chat)
