@@ -10,7 +10,6 @@ The end-to-end test with a real Prometheus is tests/test_prometheus_e2e.py.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any
 import pytest
 import yaml
 from helpers.prom import (
-    DASHBOARDS,
     DATASOURCES,
     DEPLOY,
     PROMTOOL,
@@ -132,9 +130,23 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     assert f"{len(panel_exprs)} rules found" in res.stdout
     # and a broken one is refused: the check can fail
-    path.write_text(yaml.safe_dump({"groups": [{"name": "x", "rules": [
-        {"record": "dashboard:bad", "expr": grafana_to_promql("sum by (x (rate(a[$__range]))")}
-    ]}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "groups": [
+                    {
+                        "name": "x",
+                        "rules": [
+                            {
+                                "record": "dashboard:bad",
+                                "expr": grafana_to_promql("sum by (x (rate(a[$__range]))"),
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     assert _promtool("check", "rules", path).returncode != 0
 
 
@@ -142,9 +154,32 @@ def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
 
 #: PromQL words that are not metric names (functions, aggregations, keywords)
 PROMQL_WORDS = {
-    "sum", "max", "min", "avg", "count", "topk", "bottomk", "rate", "increase", "irate",
-    "histogram_quantile", "label_replace", "by", "without", "on", "ignoring", "group_left",
-    "group_right", "and", "or", "unless", "offset", "bool", "absent", "vector", "time",
+    "sum",
+    "max",
+    "min",
+    "avg",
+    "count",
+    "topk",
+    "bottomk",
+    "rate",
+    "increase",
+    "irate",
+    "histogram_quantile",
+    "label_replace",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "offset",
+    "bool",
+    "absent",
+    "vector",
+    "time",
 }
 #: series Prometheus itself makes: the scrape's health and the alert state
 PROMETHEUS_SERIES = {"up", "ALERTS"}
@@ -172,9 +207,7 @@ def metric_names_in(expr: str) -> set[str]:
     text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # string literals
     text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
     text = re.sub(r"\[[^\]]*\]", "", text)  # ranges
-    text = re.sub(
-        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text
-    )
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
     words = set(re.findall(r"(?<![\w.])([A-Za-z_:][A-Za-z0-9_:]*)", text))
     return {w for w in words if w not in PROMQL_WORDS and not re.fullmatch(r"\d+[smhdwy]", w)}
 
@@ -282,18 +315,30 @@ def test_dashboard_covers_the_issue() -> None:
     panels = dashboard_panels(doc)
     kinds = {p["type"] for p in panels}
     assert "geomap" in kinds
-    text = " ".join(p["title"].lower() + " " + " ".join(
-        t["expr"] for t in p.get("targets", [])) for p in panels)
+    text = " ".join(
+        p["title"].lower() + " " + " ".join(t["expr"] for t in p.get("targets", [])) for p in panels
+    )
     for needle in (
-        "destination country", "operator country", "by service", "payload_type",
-        "would-block", "findings by kind", "bypass", "top sensors", "store queue",
-        "dropped", "geoip", "egresswatch_store_spill_records",
+        "destination country",
+        "operator country",
+        "by service",
+        "payload_type",
+        "would-block",
+        "findings by kind",
+        "bypass",
+        "top sensors",
+        "store queue",
+        "dropped",
+        "geoip",
+        "egresswatch_store_spill_records",
     ):
         assert needle in text, needle
     (geo,) = [p for p in panels if p["type"] == "geomap"]
     (layer,) = geo["options"]["layers"]
     assert layer["location"] == {
-        "mode": "lookup", "lookup": "country", "gazetteer": "public/gazetteer/countries.json"
+        "mode": "lookup",
+        "lookup": "country",
+        "gazetteer": "public/gazetteer/countries.json",
     }
     assert geo["targets"][0]["instant"] and "by (country)" in geo["targets"][0]["expr"]
 
@@ -301,7 +346,9 @@ def test_dashboard_covers_the_issue() -> None:
 def test_dashboard_is_generated_from_the_catalog() -> None:
     res = subprocess.run(
         [sys.executable, str(DEPLOY / "grafana" / "generate.py"), "--check"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert res.returncode == 0, res.stderr
     # the operator-country mapping follows the shipped catalog

@@ -74,8 +74,12 @@ def shipped_expressions() -> list[Expr]:
         for p in dashboard_panels(doc):
             for t in p.get("targets", []):
                 out.append(
-                    Expr(f"{path.name} panel {p['id']} {p['title']!r} {t['refId']}",
-                         t["expr"], "panel", f"{p['id']}{t['refId']}")
+                    Expr(
+                        f"{path.name} panel {p['id']} {p['title']!r} {t['refId']}",
+                        t["expr"],
+                        "panel",
+                        f"{p['id']}{t['refId']}",
+                    )
                 )
     for r in rules():
         name = r.get("alert") or r.get("record")
