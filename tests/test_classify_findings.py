@@ -106,6 +106,8 @@ def test_finds_and_redacts(text: str, kind: FindingKind, detail: str | None, red
         "eyJ not a jwt: eyJhbGciOiJ.eyJzdWIiOi.abc",
         "base64 blob: QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=",
         "embedding [0.0123456789, -0.9876543210, 0.5555555555]",
+        '{"tokens": 15000000000, "ids": [13812345678, 18600000000]}',
+        "dotted 650.253.0000 and 1.650.253.0000",
     ],
 )
 def test_no_false_findings(text: str) -> None:

@@ -386,6 +386,14 @@ def _number_windows(span: str, where: str, out: Findings) -> None:
         i += 1
 
 
+def _json_number(b: bytes, s: int) -> bool:
+    """True when the number at ``s`` is a bare JSON value (after ':', '[' or ',')."""
+    i = s - 1
+    while i >= 0 and b[i] in b" \t\r\n":
+        i -= 1
+    return i >= 0 and b[i] in b":[,"
+
+
 def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
     size = len(b)
     budget = MAX_CANDIDATES
@@ -412,6 +420,8 @@ def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
             continue
         if folded.count(1, s, e) == 1 and b.find(b".", s, e) >= 0:
             continue  # a decimal number (embedding vectors, prices): never one of ours
+        if e - s == 11 and _json_number(b, s):
+            continue  # {"n": 15000000000} is a count, not a Chinese mobile number (11 digits)
         span = b[s:e].decode("ascii")
         if not _number(span, where, out) and " " in span:
             _number_windows(span, where, out)
