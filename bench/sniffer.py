@@ -200,11 +200,94 @@ def bench_tshark(path: Path) -> tuple[float, float, dict[str, int]] | None:
     return elapsed, cpu, names
 
 
+_SENDER = r"""
+import socket, sys, time
+dst, rate, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]  # 64 flows
+payload = b"\x00" * size
+batch = max(1, rate // 1000)
+sent, t0 = 0, time.perf_counter()
+while sent < count:
+    for i in range(batch):
+        socks[(sent + i) & 63].sendto(payload, (dst, 5000))
+    sent += batch
+    ahead = sent / rate - (time.perf_counter() - t0)
+    if ahead > 0:
+        time.sleep(ahead)
+print(f"{sent} {time.perf_counter() - t0:.3f}")
+"""
+
+_SINK = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("203.0.113.10", 5000))
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+print("READY", flush=True)
+while True:
+    s.recv(65535)
+"""
+
+
+def bench_live(rates: list[int], seconds: float) -> None:
+    """Offer UDP at each rate through the lab gateway; the sniffer captures on its veth.
+
+    Runs the real ``egresswatch sniff -i`` (default filter, no judging) in the gateway
+    namespace and reads its summary line: packets seen, kernel received and dropped.
+    Needs root (namespaces); traffic goes only to 203.0.113.10 inside the lab.
+    """
+    import re
+    import signal
+
+    from helpers.lab import internet_lab, wait_for
+
+    exe = str(Path(sys.executable).parent / "egresswatch")
+    print(f"live: UDP 64 flows x 200-byte payload, {seconds:.0f} s per rate, "
+          "sniffer on the gateway's client-side veth")
+    print(f"{'target/s':>10} {'achieved/s':>10} {'sent':>8} {'seen':>8} {'kernel rcv':>10} "
+          f"{'dropped':>8}")
+    with internet_lab("snb", v6=False) as net:
+        lab = net.lab
+        lab.spawn(net.internet, [sys.executable, "-c", _SINK], ready="READY")
+        for rate in rates:
+            err = Path(tempfile.mkstemp(prefix="ew-sniff-")[1])
+            with err.open("wb") as fh:
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", net.gateway, exe, "sniff", "-i", net.client_iface,
+                     "--json", "--no-judge", "--duration", str(seconds * 3 + 30)],
+                    stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+            try:
+                if not wait_for(lambda e=err: "capturing on" in e.read_text(), timeout=30):
+                    raise RuntimeError(err.read_text())
+                res = lab.sh(sys.executable, "-c", _SENDER, "203.0.113.10", str(rate),
+                             str(int(rate * seconds)), "200", ns=net.client,
+                             timeout=seconds * 4 + 30)
+                sent, took = int(res.stdout.split()[0]), float(res.stdout.split()[1])
+                time.sleep(1.0)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            text = err.read_text()
+            err.unlink()
+            m = re.search(r"(\d+) packets.*kernel: (\d+) received, (\d+) dropped", text)
+            if not m:
+                print(f"{rate:>10,} {sent / took:>10,.0f} {sent:>8} (no summary: {text[-200:]})")
+                continue
+            seen, rcv, drop = (int(x) for x in m.groups())
+            print(f"{rate:>10,} {sent / took:>10,.0f} {sent:>8} {seen:>8} {rcv:>10} {drop:>8}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--packets", type=int, default=200_000)
     ap.add_argument("--keep", type=Path, help="write the capture here and keep it")
     ap.add_argument("--judge", action="store_true", help="also time a run with the inspector")
+    ap.add_argument("--live", type=lambda v: [int(x) for x in v.split(",")], metavar="RATES",
+                    help="also measure live capture in a namespace lab at these packets/s "
+                    "(comma-separated, e.g. 20000,50000,100000; needs root)")
+    ap.add_argument("--live-seconds", type=float, default=5.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ew-bench-sniffer-"))
     path = args.keep or tmp / "mixed.pcap"
@@ -237,6 +320,8 @@ def main() -> None:
             ej, ejc, _, sj = bench_egresswatch(path, insp.inspect)
             print(f"{'+ inspector':12} {ej:7.2f} {n / ej:11,.0f} {ejc:7.2f} {n / ejc:13,.0f}  "
                   f"decisions {sj.stats.decisions}")
+        if args.live:
+            bench_live(args.live, args.live_seconds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -185,8 +185,16 @@ class LiveCapture:
     be called from another thread or a signal handler.
     """
 
-    def __init__(self, sniffer: Sniffer, ifaces: list[str], bpf: str | None = DEFAULT_BPF) -> None:
+    def __init__(
+        self,
+        sniffer: Sniffer,
+        ifaces: list[str],
+        bpf: str | None = DEFAULT_BPF,
+        buffer_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.sniffer = sniffer
+        #: kernel receive buffer per socket: absorbs bursts while Python is busy
+        self.buffer_bytes = buffer_bytes
         self.ifaces = ifaces
         self.bpf = bpf
         self._stop = threading.Event()
@@ -222,6 +230,7 @@ class LiveCapture:
                 sock.close()
                 self.close()
                 raise CaptureError(f"capture on {iface}: hardware type {hatype} is not supported")
+            _grow_buffer(sock.ins, self.buffer_bytes)
             sock.ins.setblocking(False)
             self._socks.append((sock, linktype))
 
@@ -248,16 +257,19 @@ class LiveCapture:
             ready, _, _ = select.select(list(by_fd), [], [], 0.2)
             for fd in ready:
                 sock, linktype = by_fd[fd]
+                # Read the AF_PACKET socket directly: scapy's recv_raw parses ancillary data
+                # (VLAN re-insertion, per-packet timestamps) at several times our cost per
+                # packet. One clock reading per drained batch is precise enough for flows.
+                recv = sock.ins.recv
+                ts = time.time()
                 while True:
                     try:
-                        _, data, ts = sock.recv_raw(65535)
+                        data = recv(65535)
                     except (BlockingIOError, InterruptedError):
                         break
                     except OSError as e:
                         raise CaptureError(f"capture on {sock.iface}: {e.strerror or e}") from e
-                    if data is None:
-                        break
-                    feed(ts if ts is not None else time.time(), data, linktype)
+                    feed(ts, data, linktype)
                     n += 1
                     if count is not None and n >= count:
                         self._stop.set()
@@ -282,6 +294,19 @@ class LiveCapture:
             with contextlib.suppress(OSError, socket.error):
                 sock.close()
         self._socks = []
+
+
+#: socket(7) SO_RCVBUFFORCE: as root (CAP_NET_ADMIN), exceeds net.core.rmem_max
+_SO_RCVBUFFORCE = 33
+
+
+def _grow_buffer(sock: socket.socket, size: int) -> None:
+    """Ask for a large receive buffer; with CAP_NET_ADMIN past rmem_max, else up to it."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def has_capture_permission() -> bool:
