@@ -197,19 +197,17 @@ class Policy:
 
         if self._egress_first is not None:
             i = self._egress_first(a)
-            if i < 0:
-                return self._check(a)
-            rule = self._egress_rules[i]
-            if rule.action is not Action.ALERT:
-                return self._rule_verdict(rule, a)
-            # An alert marks a flow; it must not exempt it from the jurisdiction checks.
-            checked = self._check(a)
-            if checked.action.severity > Action.ALERT.severity:
-                return dataclasses.replace(
-                    checked, reason=f"{checked.reason}; it also matched alert rule '{rule.name}'"
-                )
-            return self._rule_verdict(rule, a)
-        return self._check(a)
+            if i >= 0:
+                rule = self._egress_rules[i]
+                if rule.action is not Action.ALERT:
+                    return self._rule_verdict(rule, a)
+                # An alert marks a flow; it must not exempt it from the jurisdiction checks.
+                judged = self._judge(a)
+                if judged[0].severity <= Action.ALERT.severity:
+                    return self._rule_verdict(rule, a)
+                also = f"; it also matched alert rule '{rule.name}'"
+                return self._builtin_verdict(a, judged, also)
+        return self._builtin_verdict(a, self._judge(a))
 
     def _rule_verdict(self, rule: Rule, a: Assessment) -> Verdict:
         if rule.reason:
@@ -218,41 +216,45 @@ class Policy:
             text = f"{_subject(a)} matched rule '{rule.name}': {_cargo(a)}"
         return Verdict(rule.action, rule.name, text, self.mode)
 
-    def _check(self, a: Assessment) -> Verdict:
-        """The built-in jurisdiction and unknown checks, then the default."""
+    def _judge(self, a: Assessment) -> tuple[Action, str, bool]:
+        """The built-in checks: (action, built-in rule, whether the operator is outside).
+
+        Unknown gets what ``[unknown]`` says, a country outside the approved set gets
+        ``outside``, the strictest answer wins; with no problem, ``default``.
+        """
         best: tuple[Action, str] | None = None
-        addr_outside = op_outside = False
+        op_outside = False
         if self.require_operator:
             cc = a.operator_country
             if cc is None:
                 best = (self.unknown_operator, "unknown-operator")
             elif cc not in self.approved_countries:
                 op_outside = True
-                best = _stricter(best, (self.outside, "jurisdiction"))
+                best = (self.outside, "jurisdiction")
         if self.require_address:
             cc = a.geo.country
             if cc is None:
                 best = _stricter(best, (self.unknown_address, "unknown-address"))
             elif cc not in self.approved_countries:
-                addr_outside = True
                 best = _stricter(best, (self.outside, "jurisdiction"))
         if best is None:
-            text = (
-                f"{_subject(a)} is inside the approved jurisdictions ({self._approved_text}): "
-                f"{_cargo(a)}"
-            )
-            return Verdict(self.default_action, "default", text, self.mode)
-        action, rule = best
+            return (self.default_action, "default", False)
+        return (best[0], best[1], op_outside)
+
+    def _builtin_verdict(
+        self, a: Assessment, judged: tuple[Action, str, bool], also: str = ""
+    ) -> Verdict:
+        """The one-sentence reason for a built-in answer (see docs/policy.md)."""
+        action, rule, op_outside = judged
         approved = self._approved_text
-        if rule == "jurisdiction":
-            if op_outside:
-                text = f"{_subject(a)} is outside the approved jurisdictions ({approved})"
-            else:
-                assert addr_outside
-                text = (
-                    f"the address of {_subject(a)} is outside the approved jurisdictions "
-                    f"({approved})"
-                )
+        if rule == "default":
+            text = f"{_subject(a)} is inside the approved jurisdictions ({approved})"
+        elif rule == "jurisdiction" and op_outside:
+            text = f"{_subject(a)} is outside the approved jurisdictions ({approved})"
+        elif rule == "jurisdiction":
+            text = (
+                f"the address of {_subject(a)} is outside the approved jurisdictions ({approved})"
+            )
         elif rule == "unknown-address":
             text = f"the address country of {_subject(a)} is unknown"
         elif is_lookalike(a) and a.service is not None:
@@ -262,7 +264,7 @@ class Policy:
             )
         else:
             text = f"{_subject(a)} has no known operator"
-        return Verdict(action, rule, f"{text}: {_cargo(a)}", self.mode)
+        return Verdict(action, rule, f"{text}: {_cargo(a)}{also}", self.mode)
 
     # ---- describing
 

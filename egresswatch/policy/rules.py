@@ -163,38 +163,58 @@ _PROLOGUE: tuple[tuple[str, tuple[str, ...], str], ...] = (
     ),
     ("sensor", ("obs",), "sensor = _SENSOR_BITS[obs.sensor._value_]"),
     ("port", ("obs",), "port = obs.dst_port"),
-    (
-        "pm",
-        (),
-        "pm = 0\n    for x in a.payload_types:\n        pm |= _PAYLOAD_BITS[x._value_]",
-    ),
-    (
-        "km",
-        (),
-        "km = 0\n    for x in a.findings:\n        km |= _FINDING_BITS[x.kind._value_]",
-    ),
-    (
-        "host",
-        ("obs",),
-        "host = a.host or obs.dst_addr\n    host = host.lower().rstrip('.') if host else ''",
-    ),
-    (
-        # every '.label...' suffix of the host: '*.example.com' becomes one set lookup
-        "hsfx",
-        ("host",),
-        "hsfx = set()\n    i = host.find('.')\n    while i >= 0:\n"
-        "        hsfx.add(host[i:])\n        i = host.find('.', i + 1)",
-    ),
+    # the costlier values start unset and are computed where a rule first needs them
+    ("pm", (), "pm = -1"),
+    ("km", (), "km = -1"),
+    ("host", (), "host = None"),
+    ("hsfx", (), "hsfx = None"),
 )
+
+#: How a condition reads a lazily computed value: computed on first use, then reused.
+_PM = "(pm if pm >= 0 else (pm := _payload_mask(a)))"
+_KM = "(km if km >= 0 else (km := _finding_mask(a)))"
+_HOST = "(host if host is not None else (host := _host(a)))"
+_HSFX = f"(hsfx if hsfx is not None else (hsfx := _label_suffixes({_HOST})))"
+
+
+def _payload_mask(a: Assessment) -> int:
+    mask = 0
+    for payload in a.payload_types:
+        mask |= _PAYLOAD_BITS[payload._value_]
+    return mask
+
+
+def _finding_mask(a: Assessment) -> int:
+    mask = 0
+    for finding in a.findings:
+        mask |= _FINDING_BITS[finding.kind._value_]
+    return mask
+
+
+def _host(a: Assessment) -> str:
+    """The name the flow was judged by (or its address), lower-case; '' when neither."""
+    host = a.host or a.observation.dst_addr
+    return host.lower().rstrip(".") if host else ""
+
+
+def _label_suffixes(host: str) -> set[str]:
+    """Every '.label...' suffix of a host: '*.example.com' becomes one set lookup."""
+    out: set[str] = set()
+    i = host.find(".")
+    while i >= 0:
+        out.add(host[i:])
+        i = host.find(".", i + 1)
+    return out
 
 
 def compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], int]:
     """One function returning the index of the first rule that matches, or -1.
 
     Each rule becomes one ``if`` of inlined tests (set lookups, bit masks, string
-    tests), and the values they test are computed once per assessment, so a rule
-    that does not match costs a few bytecodes rather than a chain of calls: a policy
-    with hundreds of rules stays within the inspector's budget.
+    tests), and the values they test are computed at most once per assessment (the
+    costlier ones only when a rule gets to them), so a rule that does not match costs
+    a few bytecodes rather than a chain of calls: a policy with hundreds of rules
+    stays within the inspector's budget.
 
     The generated source holds only the fixed templates above and generated names
     (``ac3``, ``pl2_0``); every value from the policy file is bound through the
@@ -207,6 +227,10 @@ def compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], i
         "_PAYLOAD_BITS": _PAYLOAD_BITS,
         "_FINDING_BITS": _FINDING_BITS,
         "_SENSOR_BITS": _SENSOR_BITS,
+        "_payload_mask": _payload_mask,
+        "_finding_mask": _finding_mask,
+        "_host": _host,
+        "_label_suffixes": _label_suffixes,
     }
     need: set[str] = set()
     body: list[str] = []
@@ -244,10 +268,10 @@ def compile_chain(rules: Sequence[Rule], label: str) -> Callable[[Assessment], i
             conds.append(f"(port is not None and ({' or '.join(ranges)}))")
         if r.payload is not None:
             need.add("pm")
-            conds.append(f"pm & {bind('pt', _mask(_PAYLOAD_BITS, r.payload))}")
+            conds.append(f"{_PM} & {bind('pt', _mask(_PAYLOAD_BITS, r.payload))}")
         if r.finding is not None:
             need.add("km")
-            conds.append(f"km & {bind('fk', _mask(_FINDING_BITS, r.finding))}")
+            conds.append(f"{_KM} & {bind('fk', _mask(_FINDING_BITS, r.finding))}")
         if r.flag is not None:
             conds.append(f"not {bind('fl', r.flag)}.isdisjoint(a.flags)")
         if r.host is not None:
@@ -274,20 +298,20 @@ def _host_test(glob: Glob, bind: Callable[[str, Any], str], need: set[str]) -> s
     ``str.endswith`` and regexes cost several set lookups each, and a long rule list
     repeats them for every flow; the rest of the patterns still go through the glob.
     """
-    need.add("host")
+    need.add("host")  # hsfx reads host through _HOST
     label_suffixes = [p[1:] for p in glob.patterns if p.startswith("*.") and _plain(p[1:])]
     rest = [p for p in glob.patterns if not _plain(p) and p[1:] not in label_suffixes]
     parts: list[str] = []
     if glob.literals:
-        parts.append(f"host in {bind('hl', glob.literals)}")
+        parts.append(f"{_HOST} in {bind('hl', glob.literals)}")
     if len(label_suffixes) == 1:
         need.add("hsfx")
-        parts.append(f"{bind('hs', label_suffixes[0])} in hsfx")
+        parts.append(f"{bind('hs', label_suffixes[0])} in {_HSFX}")
     elif label_suffixes:
         need.add("hsfx")
-        parts.append(f"not {bind('hs', frozenset(label_suffixes))}.isdisjoint(hsfx)")
+        parts.append(f"not {bind('hs', frozenset(label_suffixes))}.isdisjoint({_HSFX})")
     if rest:
-        parts.append(f"{bind('hg', Glob(rest).match)}(host)")
+        parts.append(f"{bind('hg', Glob(rest).match)}({_HOST})")
     return f"({' or '.join(parts)})"
 
 
