@@ -420,7 +420,7 @@ def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
             continue
         if folded.count(1, s, e) == 1 and b.find(b".", s, e) >= 0:
             continue  # a decimal number (embedding vectors, prices): never one of ours
-        if e - s == 11 and _json_number(b, s):
+        if e - s == 11 and b[s:e].isdigit() and _json_number(b, s):
             continue  # {"n": 15000000000} is a count, not a Chinese mobile number (11 digits)
         span = b[s:e].decode("ascii")
         if not _number(span, where, out) and " " in span:
