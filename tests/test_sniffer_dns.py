@@ -162,3 +162,29 @@ def test_dot_and_doh_are_marked() -> None:
         "dns.google": ("doh", "Google"),
         "chat.example.com": (None, None),
     }
+
+
+def test_on_dns_reports_each_learned_address() -> None:
+    got = []
+    sn = Sniffer(on_dns=got.append)
+    feed(
+        sn,
+        [
+            udp_packet(
+                RES,
+                "192.0.2.1",
+                53,
+                33001,
+                dns_response("m.example", ["c.example"], ["203.0.113.60"], ttl=30),
+            )
+        ],
+    )
+    (a,) = got
+    assert (a.client_addr, a.qname, a.rtype, a.answer, a.ttl) == (
+        "192.0.2.1",
+        "m.example",
+        "A",
+        "203.0.113.60",
+        30,
+    )
+    assert a.chain == ("m.example", "c.example")

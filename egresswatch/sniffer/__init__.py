@@ -6,7 +6,7 @@ plain byte indexing on the hot path (:mod:`.decode`); only the few packets that
 carry names go deeper (:mod:`.tls`, :mod:`.quic`, :mod:`.dns`, :mod:`.http`).
 """
 
-from egresswatch.sniffer.engine import InspectFn, Sniffer, SnifferConfig, SnifferStats
+from egresswatch.sniffer.engine import DnsAnswer, InspectFn, Sniffer, SnifferConfig, SnifferStats
 from egresswatch.sniffer.flows import FlowSummary
 
-__all__ = ["FlowSummary", "InspectFn", "Sniffer", "SnifferConfig", "SnifferStats"]
+__all__ = ["DnsAnswer", "FlowSummary", "InspectFn", "Sniffer", "SnifferConfig", "SnifferStats"]

@@ -20,6 +20,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from egresswatch.model import (
     Decision,
@@ -73,6 +74,22 @@ _APP_PROTOCOL = {
     "dns": Protocol.DNS,
     "raw": Protocol.RAW,
 }
+
+
+class DnsAnswer(NamedTuple):
+    """One address learned from a DNS response (for the store's ``dns_answers`` table)."""
+
+    time: float
+    client_addr: str
+    #: the name the client asked for
+    qname: str
+    #: A | AAAA | HTTPS-hint | SVCB-hint
+    rtype: str
+    answer: str
+    #: seconds, as answered (the chain's smallest TTL)
+    ttl: int
+    #: CNAME chain from qname to the record's owner
+    chain: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +167,8 @@ class Sniffer:
 
     ``inspect`` (usually ``Inspector.inspect``) and ``sink`` are injected; either
     may be None (then no decisions / nobody to tell). ``on_flow_end`` receives a
-    :class:`FlowSummary` per finished flow.
+    :class:`FlowSummary` per finished flow, ``on_dns`` a :class:`DnsAnswer` per
+    address learned from DNS.
     """
 
     def __init__(
@@ -160,11 +178,13 @@ class Sniffer:
         *,
         config: SnifferConfig | None = None,
         on_flow_end: Callable[[FlowSummary], None] | None = None,
+        on_dns: Callable[[DnsAnswer], None] | None = None,
     ) -> None:
         self.inspect = inspect
         self.sink = sink
         self.config = config or SnifferConfig()
         self.on_flow_end = on_flow_end
+        self.on_dns = on_dns
         self.stats = SnifferStats()
         self.dns = dnsmod.DnsCache(self.config.dns_cache_size, self.config.dns_grace)
         self.flows: dict[FlowKey, Flow] = {}
@@ -652,6 +672,24 @@ class Sniffer:
                 f.dns_queries.append((q.name, dnsmod.TYPE_NAMES.get(q.qtype, str(q.qtype))))
         learned = self.dns.learn(msg, ts)
         self.stats.dns_addresses_learned += len(learned)
+        if self.on_dns is not None and learned:
+            client = dnsmod.addr_text(f.client)
+            for addr, res in learned:
+                try:
+                    self.on_dns(
+                        DnsAnswer(
+                            ts,
+                            client,
+                            res.name,
+                            res.via,
+                            addr,
+                            max(0, int(res.expires - ts)),
+                            res.chain,
+                        )
+                    )
+                except Exception:
+                    self.stats.sink_errors += 1
+                    log.exception("on_dns callback failed")
         room = 64 - len(f.dns_answers)
         if room > 0:
             f.dns_answers.extend(learned[:room])
