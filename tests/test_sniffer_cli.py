@@ -134,3 +134,29 @@ def test_unsupported_link_type(tmp_path: Path) -> None:
     path = write_pcap(tmp_path / "c.pcap", [IP(src="192.0.2.1", dst="192.0.2.2")], linktype=147)
     res = run("-r", str(path))
     assert res.returncode == 4 and "link type 147 is not supported" in res.stderr
+
+
+def test_record_writes_decisions_to_a_real_sqlite_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = write_pcap(tmp_path / "c.pcap", _mixed())
+    db = tmp_path / "ew.sqlite"
+    res = run("-r", str(path), "--json", "--record", "--db", f"sqlite:///{db}")
+    assert res.returncode == 0, res.stderr
+    flows = [json.loads(line) for line in res.stdout.splitlines()]
+    with sqlite3.connect(db) as con:
+        rows = con.execute(
+            "SELECT flow_id, sensor, protocol, sni, dst_port FROM flows ORDER BY ts"
+        ).fetchall()
+    assert {r[0] for r in rows} == {f["flow_id"] for f in flows}
+    assert {(r[1], r[2]) for r in rows} == {
+        ("sniffer", "dns"),
+        ("sniffer", "tls"),
+        ("sniffer", "http"),
+    }
+    assert ("api.deepseek.com", 443) in {(r[3], r[4]) for r in rows}
+
+
+def test_record_needs_judging() -> None:
+    res = run("-r", "/etc/hostname", "--record", "--no-judge")
+    assert res.returncode == 2 and "--record needs judging" in res.stderr

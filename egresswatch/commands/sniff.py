@@ -19,8 +19,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from egresswatch.commands.common import inspector_options, settings_from
+from egresswatch.commands.common import HostPortType, inspector_options, settings_from
 from egresswatch.errors import EgressWatchError
+from egresswatch.ports import Sink
+from egresswatch.runtime import Settings
 from egresswatch.sniffer import Sniffer, SnifferConfig
 from egresswatch.sniffer.capture import DEFAULT_BPF, LiveCapture, check_bpf, run_file
 from egresswatch.sniffer.engine import InspectFn
@@ -104,6 +106,25 @@ class PositiveFloat(click.ParamType):
     show_default=True,
     help="Flows tracked at once; the oldest is evicted (and counted) beyond this.",
 )
+@click.option(
+    "--record/--no-record",
+    default=None,
+    help="Hand decisions to the store, alerts and metrics (the sinks of 'egresswatch run'). "
+    "Default: on for live capture, off for -r.",
+)
+@click.option(
+    "--db",
+    "db_url",
+    envvar="EGRESSWATCH_DB",
+    metavar="URL",
+    help="SQLAlchemy URL of the store with --record (default: the local SQLite file). "
+    "Env: EGRESSWATCH_DB.",
+)
+@click.option(
+    "--metrics-listen",
+    type=HostPortType(),
+    help="With --record, serve /metrics on HOST:PORT (off unless given).",
+)
 @inspector_options
 def sniff(**params: Any) -> None:
     """Watch flows passively and judge each one by its names.
@@ -127,26 +148,48 @@ def sniff(**params: Any) -> None:
         raise click.UsageError("--bpf applies to live capture; filter a file with tshark first")
     if read_path and params["duration"]:
         raise click.UsageError("--duration applies to live capture")
-    inspect = None if params["no_judge"] else _inspector(params)
+    record = params["record"] if params["record"] is not None else not read_path
+    if record and params["no_judge"]:
+        if params["record"]:
+            raise click.UsageError("--record needs judging: drop --no-judge")
+        record = False
+    settings = settings_from(
+        params, db_url=params["db_url"], metrics_listen=params["metrics_listen"]
+    )
+    inspect = None if params["no_judge"] else _inspector(settings)
+    sinks = _sinks(settings, inspect) if record else None
     out = _Printer(params["as_json"])
     config = SnifferConfig(idle_timeout=params["idle_timeout"], max_flows=params["max_flows"])
-    sniffer = Sniffer(inspect, None, config=config, on_flow_end=out.flow)
-    if read_path:
-        run_file(sniffer, read_path, limit=params["count"])
-    else:
-        _live(sniffer, list(interfaces), params["bpf"] or DEFAULT_BPF, params)
+    sniffer = Sniffer(inspect, sinks, config=config, on_flow_end=out.flow)
+    try:
+        if read_path:
+            run_file(sniffer, read_path, limit=params["count"])
+        else:
+            _live(sniffer, list(interfaces), params["bpf"] or DEFAULT_BPF, params)
+    finally:
+        if sinks is not None:
+            sinks.close()
     out.finish(sniffer)
 
 
-def _inspector(params: dict[str, Any]) -> InspectFn:
+def _inspector(settings: Settings) -> InspectFn:
     from egresswatch.runtime import build_inspector
 
     try:
-        return build_inspector(settings_from(params)).inspect
+        return build_inspector(settings).inspect
     except EgressWatchError:
         raise
     except (OSError, ValueError) as e:  # a data file the loaders did not wrap
         raise EgressWatchError(f"cannot load the inspector's data: {e}") from e
+
+
+def _sinks(settings: Settings, inspect: InspectFn | None) -> Sink:
+    from prometheus_client import CollectorRegistry
+
+    from egresswatch.runtime import build_sinks
+
+    inspector = getattr(inspect, "__self__", None)
+    return build_sinks(settings, CollectorRegistry(), inspector)
 
 
 def _live(sniffer: Sniffer, interfaces: list[str], bpf: str, params: dict[str, Any]) -> None:
