@@ -1565,3 +1565,16 @@ def test_random_policies_compile_to_the_naive_reading(text: str, a: Assessment) 
         assert verdict.rule == rules[expected].name
     else:
         assert verdict.rule in BUILTIN_RULES
+
+
+def test_bom_and_crlf_files_load(tmp_path: Path) -> None:
+    path = tmp_path / "windows.toml"
+    path.write_bytes(
+        b'\xef\xbb\xbfmode = "enforce"\r\napproved = ["EU"]\r\n\r\n[[rules]]\r\n'
+        b'name = "a"\r\naction = "block"\r\npayload = "chat"\r\n'
+    )
+    with pytest.raises(ConfigError) as info:
+        Policy.load(path)
+    assert (info.value.line, info.value.field) == (7, "rules[1].payload")
+    path.write_bytes(path.read_bytes().replace(b'"chat"', b'"chat-prompt"'))
+    assert Policy.load(path).mode is Mode.ENFORCE

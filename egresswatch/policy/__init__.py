@@ -143,7 +143,7 @@ class Policy:
         except OSError as e:
             raise ConfigError(f"cannot read the policy file: {e.strerror}", path=name) from e
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8-sig")  # editors on Windows may write a BOM
         except UnicodeDecodeError as e:
             line = raw[: e.start].count(b"\n") + 1
             raise ConfigError("the policy file is not UTF-8 text", path=name, line=line) from e
