@@ -10,6 +10,7 @@ The end-to-end test with a real Prometheus is tests/test_prometheus_e2e.py.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -366,3 +367,169 @@ def test_dashboard_is_generated_from_the_catalog() -> None:
         assert block, service.id
         assert block.group(2) == service.operator_country, service.id
         assert service.id in block.group(1).split("|")
+
+
+# -- systemd -----------------------------------------------------------------------------
+
+SYSTEMD = DEPLOY / "systemd"
+INSTALLED_BIN = "/opt/egresswatch/.venv/bin/egresswatch"
+HARDENING = {
+    "NoNewPrivileges": "yes",
+    "ProtectSystem": "strict",
+    "ProtectHome": "yes",
+    "PrivateTmp": "yes",
+    "PrivateDevices": "yes",
+    "ProtectKernelModules": "yes",
+    "ProtectControlGroups": "yes",
+    "RestrictNamespaces": "yes",
+    "RestrictSUIDSGID": "yes",
+    "LockPersonality": "yes",
+    "SystemCallArchitectures": "native",
+}
+#: unit -> the only capabilities it may have
+CAPABILITIES = {
+    "egresswatch-proxy.service": "",
+    "egresswatch-sniffer@.service": "CAP_NET_RAW",
+    "egresswatch.service": "CAP_NET_RAW",
+    "egresswatch-gateway.service": "CAP_NET_ADMIN",
+}
+
+
+def parse_unit(path: Path) -> dict[str, list[str]]:
+    """``Section.Key`` -> values (keys may repeat; backslash continues a line)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    logical = re.sub(r"\\\n\s*", " ", path.read_text())
+    for line in logical.splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(f"{section}.{key.strip()}", []).append(value.strip())
+    return out
+
+
+def test_units_are_hardened_with_least_capabilities() -> None:
+    units = sorted(SYSTEMD.glob("*.service"))
+    assert {u.name for u in units} == set(CAPABILITIES)
+    for unit in units:
+        keys = parse_unit(unit)
+        for key, value in HARDENING.items():
+            assert keys.get(f"Service.{key}") == [value], (unit.name, key)
+        caps = CAPABILITIES[unit.name]
+        assert keys["Service.CapabilityBoundingSet"] == [caps], unit.name
+        assert keys["Service.AmbientCapabilities"] == [caps], unit.name
+        assert keys["Service.ExecStart"][0].startswith(INSTALLED_BIN), unit.name
+        if unit.name != "egresswatch-gateway.service":
+            # only the gateway's set-up may write /proc/sys/net; the sensors run unprivileged
+            assert keys["Service.DynamicUser"] == ["yes"], unit.name
+            assert keys["Service.ProtectKernelTunables"] == ["yes"], unit.name
+        families = keys["Service.RestrictAddressFamilies"][0].split()
+        assert ("AF_PACKET" in families) == (caps == "CAP_NET_RAW"), unit.name
+
+
+def _installable_copies(tmp_path: Path) -> list[Path]:
+    """The units with ExecStart pointing at this checkout's egresswatch (verify needs it)."""
+    from conftest import egresswatch_bin
+
+    copies = []
+    for unit in sorted(SYSTEMD.glob("*.service")):
+        name = unit.name.replace("@.", "@lan0.")  # a template is verified as an instance
+        copy = tmp_path / name
+        copy.write_text(unit.read_text().replace(INSTALLED_BIN, egresswatch_bin()))
+        copies.append(copy)
+    return copies
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
+    copies = _installable_copies(tmp_path)
+    res = subprocess.run(
+        ["systemd-analyze", "verify", *map(str, copies)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stderr
+    for copy in copies:
+        res = subprocess.run(
+            ["systemd-analyze", "security", "--offline=yes", str(copy)],
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)
+        assert m, res.stdout[-500:] + res.stderr
+        # systemd's scale: 0 (locked down) .. 10 (unprotected); below 3 rates "OK"
+        assert float(m.group(1)) < 3.0, (copy.name, m.group(1))
+    # the check can fail: an unknown directive is reported
+    bad = tmp_path / "bad.service"
+    bad.write_text(copies[0].read_text().replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"))
+    res = subprocess.run(
+        ["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=60
+    )
+    assert "NoNewPrivilege" in res.stderr
+
+
+# -- compose -----------------------------------------------------------------------------
+
+COMPOSE = DEPLOY / "compose"
+PINNED = re.compile(r"^[\w./-]+:v?\d+\.\d+(\.\d+)?(-[\w.-]+)?(@sha256:[0-9a-f]{64})?$")
+
+
+def _compose(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((COMPOSE / name).read_text())
+    return doc
+
+
+@pytest.mark.parametrize("name", ["compose.yml", "compose.multi.yml"])
+def test_compose_images_pinned_and_mounts_exist(name: str) -> None:
+    doc = _compose(name)
+    services = doc["services"]
+    assert {"egresswatch", "prometheus", "grafana"} <= set(services)
+    for sname, svc in services.items():
+        assert PINNED.match(svc["image"]), (sname, svc["image"])
+        assert not svc["image"].endswith(":latest")
+        if "build" in svc:
+            dockerfile = COMPOSE / svc["build"]["context"] / svc["build"]["dockerfile"]
+            assert dockerfile.is_file(), dockerfile
+            froms = re.findall(r"(?m)^FROM\s+(\S+)", dockerfile.read_text())
+            assert froms and all(PINNED.match(f) for f in froms), froms
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (COMPOSE / source).exists(), (sname, volume)
+            else:
+                assert source in doc["volumes"], (sname, volume)  # a named volume
+        if sname != "postgres":  # the official image needs its own user switching
+            assert svc.get("cap_drop") == ["ALL"], sname
+            assert "no-new-privileges:true" in svc.get("security_opt", []), sname
+    # provisioning and dashboards are mounted where Grafana and the provider look
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in services["grafana"]["volumes"]}
+    assert mounts["/etc/grafana/provisioning/datasources"] == "../grafana/provisioning/datasources"
+    assert mounts["/etc/grafana/provisioning/dashboards"] == "../grafana/provisioning/dashboards"
+    prom = {v.split(":")[1]: v.split(":")[0] for v in services["prometheus"]["volumes"]}
+    config = COMPOSE / prom["/etc/prometheus/prometheus.yml"]
+    assert yaml.safe_load(config.read_text())["rule_files"] == ["rules/egresswatch.rules.yml"]
+    assert prom["/etc/prometheus/rules"] == "../prometheus/rules"
+    # the proxy has no capabilities; Prometheus and Grafana listen on loopback
+    assert "--web.listen-address=127.0.0.1:9090" in services["prometheus"]["command"]
+    assert services["grafana"]["environment"]["GF_SERVER_HTTP_ADDR"] == "127.0.0.1"
+
+
+@needs_promtool
+def test_compose_multi_gateway_variant() -> None:
+    doc = _compose("compose.multi.yml")
+    services = doc["services"]
+    assert services["egresswatch"]["profiles"] == ["gateway"]
+    for central in ("postgres", "prometheus", "grafana"):
+        assert services[central]["profiles"] == ["central"]
+    env = services["egresswatch"]["environment"]
+    # a sensor name is required per gateway; all of them write to the one PostgreSQL
+    assert env["EGRESSWATCH_SENSOR"].startswith("${EGRESSWATCH_SENSOR:?")
+    assert "postgresql+psycopg://" in env["EGRESSWATCH_DB"]
+    config = PROM_DIR / "prometheus.multi.yml"
+    res = _promtool("check", "config", config)
+    assert res.returncode == 0, res.stdout + res.stderr
+    (job,) = yaml.safe_load(config.read_text())["scrape_configs"]
+    assert job["job_name"] == "egresswatch"
+    assert len(job["static_configs"][0]["targets"]) >= 2
