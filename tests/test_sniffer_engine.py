@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers.packets import (
     RecordingSink,
     client_hello,
@@ -215,3 +216,48 @@ def test_summary_keeps_what_a_bypass_check_needs() -> None:
     d = s.to_dict()
     assert d["names"] == [{"name": "k.example", "source": "sni"}]
     assert d["decision"]["verdict"]["action"] == "allow"
+
+
+def _summaries(frames: list[bytes], linktype: int) -> list[dict]:  # type: ignore[type-arg]
+    out: list = []  # type: ignore[type-arg]
+    sn = Sniffer(on_flow_end=out.append)
+    feed(sn, frames, linktype=linktype)
+    sn.close()
+    rows = []
+    for s in out:
+        d = s.to_dict()
+        d.pop("flow_id")
+        rows.append(d)
+    return rows
+
+
+def test_fast_path_and_full_decoder_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Untagged Ethernet IPv4/IPv6 frames take the one-struct fast path; the same packets as
+    raw IP take decode(). Both must produce identical flows."""
+    import egresswatch.sniffer.engine as engine
+
+    calls = []
+    real_decode = engine.decode
+    monkeypatch.setattr(engine, "decode", lambda d, lt: calls.append(lt) or real_decode(d, lt))
+    pkts = []
+    for client, server in (("192.0.2.1", "203.0.113.10"), ("2001:db8::1", "2001:db8::10")):
+        pkts += tcp_flow(
+            client,
+            server,
+            40000,
+            443,
+            tls_records(client_hello("eq.example")),
+            mss=500,
+            server_data=b"\x16\x03\x03\x00\x01x",
+        )
+        pkts += tcp_flow(client, server, 40001, 80, HTTP_REQ)
+        pkts.append(udp_packet(client, server, 40002, 9999, b"\x01\x02\x03"))
+    eth = [bytes(p) for p in pkts]
+    raw = [bytes(p.payload) for p in pkts]  # strip Ethernet: raw IP
+    fast = _summaries(eth, 1)
+    # only the two tiny UDP frames (shorter than the fast path's header) went to decode()
+    assert calls == [1, 1]
+    slow = _summaries(raw, 101)
+    assert len(calls) == 2 + len(raw)
+    assert len(fast) == 6
+    assert fast == slow
