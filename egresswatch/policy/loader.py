@@ -163,6 +163,7 @@ def _toml_error(e: tomllib.TOMLDecodeError, source: str) -> ConfigError:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean 'x'?' for the closest choice (or a prefix match), else ''."""
     ordered = sorted(choices)
     close = difflib.get_close_matches(word, ordered, n=1)
     if not close:  # 'chat' -> 'chat-prompt': difflib's ratio is too low for a prefix
@@ -212,7 +213,7 @@ class _Builder:
         approved: list[str] = []
         countries: set[str] = set()
         for item in approved_raw:
-            code = item.upper()
+            code = item.strip().upper()
             if code == UNKNOWN_COUNTRY:
                 raise self.fail(
                     f"{UNKNOWN_COUNTRY} means unknown; say what unknown gets in [unknown]",
