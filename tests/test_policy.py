@@ -1578,3 +1578,12 @@ def test_bom_and_crlf_files_load(tmp_path: Path) -> None:
     assert (info.value.line, info.value.field) == (7, "rules[1].payload")
     path.write_bytes(path.read_bytes().replace(b'"chat"', b'"chat-prompt"'))
     assert Policy.load(path).mode is Mode.ENFORCE
+
+
+def test_the_whole_file_in_the_docs_is_valid() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "policy.md").read_text()
+    block = doc.split("## A whole file", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    policy = Policy.from_text(block, source="docs/policy.md")
+    assert policy.mode is Mode.ENFORCE
+    assert [r.name for r in policy.rules] == ["block-cn-operators"]
+    assert policy.groups == {"DACH": {"DE", "AT", "CH"}}
