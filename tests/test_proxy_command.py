@@ -57,6 +57,13 @@ def test_help_explains_modes_and_safe_default() -> None:
         assert word in res.output
 
 
+def test_listen_star_means_every_address() -> None:
+    from egresswatch.commands.proxy import ListenType
+
+    assert ListenType().convert("*:8080", None, None) == ("", 8080)
+    assert ListenType().convert("[::1]:8080", None, None) == ("::1", 8080)
+
+
 def test_trust_hints_name_python_variables(tmp_path: Path) -> None:
     lines = "\n".join(trust_hints(tmp_path / "ca.pem", ("127.0.0.1", 8080), "regular"))
     assert f"SSL_CERT_FILE={tmp_path / 'ca.pem'}" in lines

@@ -22,7 +22,14 @@ from typing import Any
 import pytest
 from conftest import ROOT, is_root
 from helpers.geoip import build_lab_db
-from helpers.lab import INTERNET_V4, InternetLab, internet_lab, transparent_ruleset, wait_for
+from helpers.lab import (
+    INTERNET_V4,
+    INTERNET_V6,
+    InternetLab,
+    internet_lab,
+    transparent_ruleset,
+    wait_for,
+)
 from helpers.servers import LabPKI, make_pki, read_log
 
 pytestmark = [
@@ -165,7 +172,7 @@ def _mitmdump(lab: ProxyLab, mode: str, port: int, db: Path, metrics: int) -> li
         "--mode",
         mode,
         "--listen-host",
-        "0.0.0.0" if mode == "transparent" else "10.77.1.1",
+        "" if mode == "transparent" else "10.77.1.1",
         "--listen-port",
         str(port),
         "--set",
@@ -196,7 +203,8 @@ def _mitmdump(lab: ProxyLab, mode: str, port: int, db: Path, metrics: int) -> li
 @pytest.fixture(scope="module")
 def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLab]:
     tmp = tmp_path_factory.mktemp("proxylab")
-    pki = make_pki(tmp / "pki", list(HOSTS), list(INTERNET_V4.values()))
+    addresses = [*INTERNET_V4.values(), *INTERNET_V6.values()]
+    pki = make_pki(tmp / "pki", list(HOSTS), addresses)
     build_lab_db(tmp / "lab.mmdb")
     (tmp / "policy.toml").write_text(POLICY)
     with internet_lab("px", hosts=HOSTS) as net:
@@ -207,7 +215,7 @@ def plab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyLab]:
             [
                 PY,
                 str(ROOT / "tests/helpers/servers.py"),
-                *[a for addr in INTERNET_V4.values() for a in ("--bind", addr)],
+                *[a for addr in addresses for a in ("--bind", addr)],
                 "--http",
                 "80",
                 "--http",
@@ -540,6 +548,22 @@ def test_transparent_plain_http_blocked_at_headers(plab: ProxyLab) -> None:
     assert code == 0 and json.loads(out)["operator_country"] == "CN"
     time.sleep(0.3)
     assert plab.server_events(t0) == []
+
+
+def test_transparent_ipv6_judged_by_address(plab: ProxyLab) -> None:
+    t0 = time.time()
+    us, cn = INTERNET_V6["us"], INTERNET_V6["cn"]
+    code, out = plab.curl(f"https://[{us}]/v6", proxy=False)
+    assert code == 0 and json.loads(out)["path"] == "/v6"
+    rows = plab.wait_rows(plab.db_transparent, t0, lambda r: r.path == "/v6")
+    assert rows[0].dst_addr == us and rows[0].country == "US"
+    t1 = time.time()
+    code, _ = plab.curl(f"https://[{cn}]/v6", proxy=False)
+    assert code != 0  # no SNI, but the address is in a CN range: refused at the ClientHello
+    rows = plab.wait_rows(plab.db_transparent, t1, lambda r: r.dst_addr == cn)
+    assert rows[0].stage == "clienthello" and rows[0].verdict == "block"
+    time.sleep(0.3)
+    assert [e for e in plab.server_events(t1) if e["event"] == "connect"] == []
 
 
 _UDP_PROBE = """

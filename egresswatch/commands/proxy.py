@@ -62,6 +62,19 @@ class ProxyModeType(click.ParamType):
         return text
 
 
+class ListenType(HostPortType):
+    """HOST:PORT, or ``*:PORT`` for every address of both families (mitmproxy's empty host)."""
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, int]:
+        text = str(value) if not isinstance(value, tuple) else ""
+        if text.startswith("*:"):
+            _, port = super().convert("0.0.0.0:" + text[2:], param, ctx)
+            return "", port
+        return super().convert(value, param, ctx)
+
+
 class SizeType(click.ParamType):
     name = "size"
 
@@ -140,6 +153,7 @@ def ensure_ca(confdir: Path) -> Path:
 def trust_hints(ca: Path, listen: tuple[str, int], mode: str) -> list[str]:
     """How clients trust the CA and reach the proxy, for people reading the console."""
     host, port = listen
+    host = host or "127.0.0.1"
     proxy_url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
     lines = [
         f"CA certificate: {ca}",
@@ -253,11 +267,11 @@ def _policy_mode_flag(enforce: bool | None) -> Mode | None:
 )
 @click.option(
     "--listen",
-    type=HostPortType(),
+    type=ListenType(),
     default="127.0.0.1:8080",
     show_default=True,
-    help="Address to listen on. Loopback by default: binding elsewhere makes the "
-    "proxy usable by other machines.",
+    help="Address to listen on; *:PORT for every IPv4 and IPv6 address (transparent "
+    "gateways). Loopback by default: binding elsewhere makes the proxy usable by other machines.",
 )
 @click.option(
     "--policy",
@@ -376,12 +390,10 @@ def proxy(**params: Any) -> None:
     Examples:
       egresswatch proxy
       egresswatch proxy --policy lab.toml --enforce --db sqlite:///flows.db
-      egresswatch proxy --mode transparent --listen 0.0.0.0:8080
+      egresswatch proxy --mode transparent --listen '*:8080'
     """
     if params["stream_above"] < params["body_limit"]:
-        raise click.BadParameter(
-            "must not be below --body-limit", param_hint="'--stream-above'"
-        )
+        raise click.BadParameter("must not be below --body-limit", param_hint="'--stream-above'")
     settings = Settings(
         policy=params["policy"],
         mode=_policy_mode_flag(params["enforce"]),
