@@ -1,8 +1,9 @@
 """deploy/ end to end: real egresswatch, real traffic, a real Prometheus, every shipped PromQL.
 
 The three-namespace lab (tests/helpers/lab.py): a client namespace, a gateway running two
-egresswatch sensors (``egresswatch proxy``; one in monitor mode with the shipped default
-policy, one forced to enforce: two gateways in one Prometheus, as in deploy/README.md)
+egresswatch sensors (``egresswatch run``, or ``egresswatch proxy`` where run is missing;
+one in monitor mode with the shipped default policy, one forced to enforce: two gateways
+in one Prometheus, as in deploy/README.md)
 and a Debian Prometheus on the gateway's loopback, and an "internet" namespace with the
 logging HTTPS test server (tests/helpers/servers.py) on documentation addresses that the
 lab GeoIP database places in the US and China.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -120,6 +122,34 @@ def _prometheus_config(tmp: Path) -> Path:
     return path
 
 
+def _has_run() -> bool:
+    """``egresswatch run`` (the issue's main command) when it exists, else ``proxy``."""
+    res = subprocess.run(
+        [egresswatch_bin(), "run", "--help"], capture_output=True, text=True, timeout=60
+    )
+    return res.returncode == 0
+
+
+def _sensor_argv(sensor: str, port: int, tmp: Path, db: Path, pki: LabPKI) -> list[str]:
+    common = [
+        "--listen", f"10.77.1.1:{port}",
+        "--metrics-listen", f"127.0.0.1:{METRICS[sensor]}",
+        "--sensor-name", sensor,
+        "--country-db", str(db), "--asn-db", str(db), "--geoip-dir", str(tmp),
+        "--db", f"sqlite:///{tmp / sensor / 'flows.db'}",
+        "--confdir", str(tmp / sensor / "mitm"),
+        "--upstream-ca", str(pki.ca_cert),
+        "--no-process-lookup",
+    ]  # fmt: skip
+    # e2e-monitor: the shipped default policy (monitor mode); e2e-enforce: forced to enforce
+    enforce = sensor == "e2e-enforce"
+    if _has_run():
+        mode = ["--mode", "enforce"] if enforce else []
+        return [egresswatch_bin(), "run", *common, *mode,
+                "--pid-file", str(tmp / sensor / "egresswatch.pid")]  # fmt: skip
+    return [egresswatch_bin(), "proxy", *common, *(["--enforce"] if enforce else [])]
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
     tmp = tmp_path_factory.mktemp("prom-e2e")
@@ -138,20 +168,13 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
         )  # fmt: skip
         for sensor, port in PROXY.items():
             (tmp / sensor).mkdir()
-            argv = [
-                egresswatch_bin(), "proxy",
-                "--listen", f"10.77.1.1:{port}",
-                "--metrics-listen", f"127.0.0.1:{METRICS[sensor]}",
-                "--sensor-name", sensor,
-                "--country-db", str(db), "--asn-db", str(db), "--geoip-dir", str(tmp),
-                "--db", f"sqlite:///{tmp / sensor / 'flows.db'}",
-                "--confdir", str(tmp / sensor / "mitm"),
-                "--upstream-ca", str(pki.ca_cert),
-                "--no-process-lookup",
-            ]  # fmt: skip
-            if sensor == "e2e-enforce":
-                argv.append("--enforce")  # else: the shipped default policy, monitor mode
-            proc = lab.spawn(net.gateway, argv, log=tmp / sensor / "proxy.log")
+            proc = lab.spawn(
+                net.gateway,
+                _sensor_argv(sensor, port, tmp, db, pki),
+                log=tmp / sensor / "egresswatch.log",
+                # each sensor its own data directory (pid and state files)
+                env={"XDG_DATA_HOME": str(tmp / sensor / "data"), "HOME": str(tmp / sensor)},
+            )
             lab.wait_listen(net.gateway, port, proc=proc, timeout=40)
             lab.wait_listen(net.gateway, METRICS[sensor], proc=proc, timeout=10)
         prom = Prometheus(_prometheus_config(tmp), tmp, port=PROM_PORT, ns=net.gateway)
