@@ -245,3 +245,6 @@ def test_check_bad_user_catalog_exits_3(typo_file: Path, tmp_path: Path) -> None
     code, _, err = run("policy", "check", "--catalog", str(catalog), str(typo_file))
     assert code == 3
     assert str(catalog) in err
+    code, out, _ = run("policy", "check", "--json", "--catalog", str(catalog), str(typo_file))
+    assert code == 3
+    assert json.loads(out)["error"]["path"] == str(catalog)

@@ -79,12 +79,12 @@ def check(file: Path, as_json: bool, catalogs: tuple[Path, ...], strict: bool) -
 
     try:
         loaded = Policy.load(file)
-    except ConfigError as e:
+        catalog = Catalog.load(catalogs)
+    except ConfigError as e:  # the policy or a --catalog file
         if not as_json:
             raise
         click.echo(json.dumps({"valid": False, "error": _error(e), "text": str(e)}, indent=2))
         raise SystemExit(e.exit_code) from None
-    catalog = Catalog.load(catalogs)
     warnings = loaded.unknown_references(
         (s.id for s in catalog.services), [*CATEGORIES, *(s.category for s in catalog.services)]
     )
