@@ -22,6 +22,7 @@ from egresswatch.store.queries import FlowFilter
 #: seconds per unit; "w" because retention is often said in weeks
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_DURATION_ONLY = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 
 VERDICTS = ("allow", "alert", "block", "would-block")
 
@@ -51,10 +52,8 @@ def parse_time(value: str, now: float | None = None) -> float:
     A date or time without an offset is local time, like ``date`` shows it.
     """
     text = value.strip()
-    try:
+    if _DURATION_ONLY.fullmatch(text.lower()):  # a duration: its own error if any
         return (time.time() if now is None else now) - parse_duration(text)
-    except ValueError:
-        pass
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
