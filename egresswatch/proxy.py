@@ -768,6 +768,9 @@ class EgressWatch:
         self._record(decision)
         if decision.verdict.enforced:
             flow.metadata[META]["blocked"] = True
+            # mitmproxy's TCP layer opens the server connection right after this hook
+            # whether or not the flow was killed: server_connect refuses it.
+            self._blocked_clients.add(flow.client_conn.id)
             flow.kill()
 
     def udp_start(self, flow: udp.UDPFlow) -> None:
@@ -781,6 +784,7 @@ class EgressWatch:
         quic = flow.server_conn.address is not None and flow.server_conn.address[1] == 443
         if decision.verdict.enforced or (quic and not self._cfg.allow_quic):
             flow.metadata[META]["blocked"] = True
+            self._blocked_clients.add(flow.client_conn.id)
             flow.kill()
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:

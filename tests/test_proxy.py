@@ -7,6 +7,7 @@ import json
 import pytest
 from helpers import mitm
 from mitmproxy import exceptions, hooks
+from mitmproxy.proxy import server_hooks
 
 from egresswatch import proxy
 from egresswatch.clientinfo import app_hint
@@ -312,6 +313,10 @@ def test_raw_tcp_judged_by_address_and_port(addr: str, port: int, killed: bool) 
     addon.tcp_start(f)
     assert (f.error is not None) is killed
     assert sink.decisions[0].observation.dst_port == port
+    # the TCP layer connects after tcp_start even for a killed flow: server_connect refuses
+    data = server_hooks.ServerConnectionHookData(f.server_conn, f.client_conn)
+    addon.server_connect(data)
+    assert (data.server.error is not None) is killed
     addon.tcp_end(f)
     assert sink.closed[0].flow_id == f.id
 

@@ -566,6 +566,27 @@ def test_transparent_ipv6_judged_by_address(plab: ProxyLab) -> None:
     assert [e for e in plab.server_events(t1) if e["event"] == "connect"] == []
 
 
+_RAW_TCP = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 443), timeout=5)
+s.sendall(b"SSH-2.0-OpenSSH_9.6 lab\\r\\n")
+try:
+    print("REPLY", s.recv(100))
+except OSError as e:
+    print("ERR", e)
+"""
+
+
+def test_transparent_raw_tcp_judged_by_address(plab: ProxyLab) -> None:
+    # Not TLS, not HTTP on port 443: mitmproxy relays it as raw TCP, judged by address.
+    t0 = time.time()
+    plab.net.lab.sh(PY, "-c", _RAW_TCP, INTERNET_V4["cn"], ns=plab.net.client, check=False)
+    rows = plab.wait_rows(plab.db_transparent, t0, lambda r: r.protocol == "raw")
+    assert rows[0].verdict == "block" and rows[0].dst_addr == INTERNET_V4["cn"]
+    time.sleep(0.3)
+    assert [e for e in plab.server_events(t0) if e["event"] == "connect"] == []
+
+
 _UDP_PROBE = """
 import select, socket, sys, time
 socks = {}
