@@ -639,6 +639,39 @@ CASES: list[tuple[str, Observation, str | None, tuple[PayloadType, ...]]] = [
 ]
 
 
+# More vendors' own shapes (gRPC, Bedrock, Chinese native APIs, Cohere, TGI, Replicate).
+CASES += [
+    ("gemini-grpc", obs("POST", "/google.ai.generativelanguage.v1beta.GenerativeService/"
+                        "GenerateContent", "generativelanguage.googleapis.com", b"\x0a\x01x",
+                        (("content-type", "application/grpc"),)), None, (P.CHAT_PROMPT,)),
+    ("bedrock-converse", obs("POST", "/model/anthropic.claude-3-5-sonnet/converse",
+                             "bedrock-runtime.us-east-1.amazonaws.com", CHAT), None,
+     (P.CHAT_PROMPT,)),
+    ("ernie", obs("POST", "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/completions_pro",
+                  "aip.baidubce.com", CHAT), None, (P.CHAT_PROMPT,)),
+    ("minimax", obs("POST", "/v1/text/chatcompletion_v2", "api.minimax.chat", CHAT), None,
+     (P.CHAT_PROMPT,)),
+    ("dashscope-native", obs("POST", "/api/v1/services/aigc/text-generation/generation",
+                             "dashscope.aliyuncs.com", {"input": {"messages": []}}), None,
+     (P.CHAT_PROMPT,)),
+    ("dashscope-embed", obs("POST",
+                            "/api/v1/services/embeddings/text-embedding/text-embedding",
+                            "dashscope.aliyuncs.com", {"input": {"texts": ["x"]}}), None,
+     (P.EMBEDDING_INPUT,)),
+    ("hunyuan", obs("POST", "/", "hunyuan.tencentcloudapi.com", CHAT,
+                    (("x-tc-action", "ChatCompletions"),)), None, (P.CHAT_PROMPT,)),
+    ("cohere-chat", obs("POST", "/v2/chat", "api.cohere.com", CHAT), None, (P.CHAT_PROMPT,)),
+    ("cohere-rerank", obs("POST", "/v2/rerank", "api.cohere.com", {"query": "q"}), None,
+     (P.EMBEDDING_INPUT,)),
+    ("tgi-generate", obs("POST", "/generate", "tgi.lab.example", {"inputs": "Once"}), None,
+     (P.COMPLETION,)),
+    ("hf-inference-legacy", obs("POST", "/models/gpt2", "api-inference.huggingface.co",
+                                {"inputs": "Once"}), None, (P.COMPLETION,)),
+    ("replicate", obs("POST", "/v1/predictions", "api.replicate.com",
+                      {"version": "v", "input": {"prompt": "x"}}), None, (P.COMPLETION,)),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("name", "observation", "category", "expected"), CASES, ids=[c[0] for c in CASES]
 )

@@ -274,6 +274,9 @@ def _classify(obs: Observation, category: str | None) -> Classification:
     else:
         path, query = _split_target(obs.path or "")
         ptypes = rules.path_types(method, path.lower())
+        if not ptypes and obs.header("x-tc-action") == "ChatCompletions":
+            # Tencent Cloud API 3.0 (Hunyuan) names the action in a header, the path is "/".
+            ptypes = (P.CHAT_PROMPT,)
         req.types.extend(ptypes)
         req.types.extend(rules.host_types(method, _host(obs)))
         if obs.body:

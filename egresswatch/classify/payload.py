@@ -61,14 +61,30 @@ _PATH_RULES: tuple[tuple[str, frozenset[str] | None, tuple[P, ...]], ...] = (
     # Anthropic /v1/messages (+count_tokens, batches); OpenAI Assistants /threads/<id>/messages.
     (r"/messages(?:/count_tokens|/batches)?$", _SEND, (P.CHAT_PROMPT,)),
     (r"/threads(?:/runs)?$", _SEND, (P.CHAT_PROMPT,)),
-    # Gemini: models/<m>:generateContent, :streamGenerateContent, :countTokens; Vertex
-    # publishers' :rawPredict / :streamRawPredict (Anthropic on Vertex).
+    # Gemini: models/<m>:generateContent, :streamGenerateContent, :countTokens (REST) and
+    # …GenerativeService/GenerateContent (gRPC); Vertex publishers' :rawPredict /
+    # :streamRawPredict (Anthropic on Vertex).
     (
-        r":(?:stream)?generatecontent$|:counttokens$|:(?:stream)?rawpredict$",
+        r"[:/](?:stream)?generatecontent$|[:/]counttokens$|:(?:stream)?rawpredict$",
         _SEND,
         (P.CHAT_PROMPT,),
     ),
-    (r":(?:batch)?embedcontents?$|:embedtext$", _SEND, (P.EMBEDDING_INPUT,)),
+    (r"[:/](?:batch)?embedcontents?$|:embedtext$", _SEND, (P.EMBEDDING_INPUT,)),
+    # AWS Bedrock runtime: /model/<id>/invoke, invoke-with-response-stream, converse(-stream).
+    (
+        r"^/model/[^/]+/(?:invoke|invoke-with-response-stream|converse|converse-stream)$",
+        _SEND,
+        (P.CHAT_PROMPT,),
+    ),
+    # Vendors' own chat shapes: Baidu ERNIE (wenxinworkshop/chat/<model>), MiniMax
+    # (text/chatcompletion_v2), DashScope native (services/aigc/*-generation/generation).
+    (
+        r"/wenxinworkshop/chat/[^/]+$|/chatcompletion(?:_v2|_pro)?$"
+        r"|/services/aigc/(?:text|multimodal)-generation/generation$",
+        _SEND,
+        (P.CHAT_PROMPT,),
+    ),
+    (r"/services/embeddings/", _SEND, (P.EMBEDDING_INPUT,)),
     (r":predict$|:generatetext$|:generatemessage$", _SEND, (P.COMPLETION,)),
     # Realtime sessions over WebSocket: OpenAI /v1/realtime, Gemini Live API
     # (…GenerativeService.BidiGenerateContent); each client message is judged on its own.
@@ -81,7 +97,13 @@ _PATH_RULES: tuple[tuple[str, frozenset[str] | None, tuple[P, ...]], ...] = (
     (r"^/api/(?:push|create)$", _SEND, (P.MODEL_UPLOAD,)),
     (r"^/api/blobs/sha256[:\-][0-9a-f]+$", frozenset({"POST", "PUT", "HEAD"}), (P.MODEL_UPLOAD,)),
     (r"/(?:v1/)?complete$|/completions$", _SEND, (P.COMPLETION,)),
+    # Cohere (/v1/chat, /v2/chat), iFlytek Spark (/v3.5/chat over WebSocket) and the like.
+    (r"/chat$", _SEND, (P.CHAT_PROMPT,)),
+    # Hugging Face TGI (/generate, /generate_stream), Replicate (/predictions).
+    (r"/generate(?:_stream)?$|/predictions$", _SEND, (P.COMPLETION,)),
     (r"/embeddings?$|/embed$", _SEND, (P.EMBEDDING_INPUT,)),
+    # Rerank (Cohere, Jina, Voyage): a query and the documents to rank leave for retrieval.
+    (r"/rerank$", _SEND, (P.EMBEDDING_INPUT,)),
     # --- media and files ---
     (r"/audio/(?:transcriptions|translations|speech)$|/audio$", _SEND, (P.AUDIO,)),
     (r"/images/(?:generations|edits|variations)$", _SEND, (P.IMAGE,)),
@@ -294,7 +316,7 @@ def json_types(keys: frozenset[str]) -> tuple[P, ...]:
         out.append(P.TELEMETRY)
     if keys & _CHAT_KEYS:
         out.append(P.CHAT_PROMPT)
-    elif "prompt" in keys:
+    elif "prompt" in keys or "inputs" in keys:  # "inputs": HF Inference API and TGI
         out.append(P.COMPLETION)
     if keys & _FEEDBACK_KEYS and keys & {
         "message_id",
