@@ -252,6 +252,8 @@ class Field:
     env_name: str = ""
     is_bool: bool = False
     multiple: bool = False
+    #: a one-letter flag as well (``-i``)
+    short: str = ""
 
     @property
     def env(self) -> str:
@@ -341,6 +343,7 @@ FIELDS: tuple[Field, ...] = (
         "Capture passively on these interfaces (needs root or CAP_NET_RAW). Repeatable.",
         "interface",
         multiple=True,
+        short="-i",
     ),
     _f(
         "sniffer.bpf",

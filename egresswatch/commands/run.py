@@ -65,8 +65,9 @@ def field_options[F: Callable[..., Any]](func: F) -> F:
                 help=help_text,
             )
         else:
+            names = [f"--{field.flag}", *([field.short] if field.short else [])]
             option = click.option(
-                f"--{field.flag}",
+                *names,
                 _param_name(field),
                 type=FieldType(field),
                 multiple=field.multiple,
