@@ -201,20 +201,33 @@ def bench_tshark(path: Path) -> tuple[float, float, dict[str, int]] | None:
 
 
 _SENDER = r"""
-import socket, sys, time
-dst, rate, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]  # 64 flows
-payload = b"\x00" * size
-batch = max(1, rate // 1000)
-sent, t0 = 0, time.perf_counter()
-while sent < count:
-    for i in range(batch):
-        socks[(sent + i) & 63].sendto(payload, (dst, 5000))
-    sent += batch
-    ahead = sent / rate - (time.perf_counter() - t0)
-    if ahead > 0:
-        time.sleep(ahead)
-print(f"{sent} {time.perf_counter() - t0:.3f}")
+import os, socket, sys, time
+dst = sys.argv[1]
+rate, count, size, workers = map(int, sys.argv[2:6])
+def send(rate, count, seed):
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(16)]  # 16 flows
+    payload = bytes([seed]) * size
+    batch = max(1, rate // 1000)
+    sent, t0 = 0, time.perf_counter()
+    while sent < count:
+        for i in range(batch):
+            socks[(sent + i) & 15].sendto(payload, (dst, 5000))
+        sent += batch
+        ahead = sent / rate - (time.perf_counter() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+    return sent
+t0 = time.perf_counter()
+pids = []
+for w in range(workers):
+    pid = os.fork()
+    if pid == 0:
+        send(rate // workers, count // workers, w)
+        os._exit(0)
+    pids.append(pid)
+for pid in pids:
+    os.waitpid(pid, 0)
+print(f"{(count // workers) * workers} {time.perf_counter() - t0:.3f}")
 """
 
 _SINK = r"""
@@ -228,7 +241,7 @@ while True:
 """
 
 
-def bench_live(rates: list[int], seconds: float) -> None:
+def bench_live(rates: list[int], seconds: float, senders: int = 2) -> None:
     """Offer UDP at each rate through the lab gateway; the sniffer captures on its veth.
 
     Runs the real ``egresswatch sniff -i`` (default filter, no judging) in the gateway
@@ -241,8 +254,8 @@ def bench_live(rates: list[int], seconds: float) -> None:
     from helpers.lab import internet_lab, wait_for
 
     exe = str(Path(sys.executable).parent / "egresswatch")
-    print(f"live: UDP 64 flows x 200-byte payload, {seconds:.0f} s per rate, "
-          "sniffer on the gateway's client-side veth")
+    print(f"live: UDP, {senders} sender processes x 16 flows, 200-byte payloads, {seconds:.0f} s "
+          "per rate, sniffer on the gateway's client-side veth")
     print(f"{'target/s':>10} {'achieved/s':>10} {'sent':>8} {'seen':>8} {'kernel rcv':>10} "
           f"{'dropped':>8}")
     with internet_lab("snb", v6=False) as net:
@@ -259,8 +272,8 @@ def bench_live(rates: list[int], seconds: float) -> None:
                 if not wait_for(lambda e=err: "capturing on" in e.read_text(), timeout=30):
                     raise RuntimeError(err.read_text())
                 res = lab.sh(sys.executable, "-c", _SENDER, "203.0.113.10", str(rate),
-                             str(int(rate * seconds)), "200", ns=net.client,
-                             timeout=seconds * 4 + 30)
+                             str(int(rate * seconds)), "200", str(senders), ns=net.client,
+                             timeout=seconds * 6 + 30)
                 sent, took = int(res.stdout.split()[0]), float(res.stdout.split()[1])
                 time.sleep(1.0)
                 proc.send_signal(signal.SIGTERM)
@@ -288,6 +301,7 @@ def main() -> None:
                     help="also measure live capture in a namespace lab at these packets/s "
                     "(comma-separated, e.g. 20000,50000,100000; needs root)")
     ap.add_argument("--live-seconds", type=float, default=5.0)
+    ap.add_argument("--live-senders", type=int, default=2, help="sender processes")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ew-bench-sniffer-"))
     path = args.keep or tmp / "mixed.pcap"
@@ -321,7 +335,7 @@ def main() -> None:
             print(f"{'+ inspector':12} {ej:7.2f} {n / ej:11,.0f} {ejc:7.2f} {n / ejc:13,.0f}  "
                   f"decisions {sj.stats.decisions}")
         if args.live:
-            bench_live(args.live, args.live_seconds)
+            bench_live(args.live, args.live_seconds, args.live_senders)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
