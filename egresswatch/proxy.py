@@ -241,7 +241,8 @@ class _HeadHold:
             return chunk
         self.held += chunk
         end = chunk == b""
-        if len(self.held) < self.limit and not end:
+        # Hold until past the limit (or the end), so "truncated" is known, not guessed.
+        if len(self.held) <= self.limit and not end:
             return []
         self.decided = True
         self.blocked = self.judge(bytes(self.held[: self.limit]), len(self.held) > self.limit)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 from helpers import mitm
+from hypothesis import given
+from hypothesis import strategies as st
 from mitmproxy import exceptions, hooks
 from mitmproxy.proxy import server_hooks
 
@@ -387,3 +390,30 @@ def test_block_body_is_readable_json() -> None:
     )
     doc = json.loads(proxy.block_body(d))
     assert doc["payload_types"] == ["chat-prompt"] and doc["reason"] == "CN is not approved"
+
+
+@given(
+    body=st.binary(max_size=600),
+    cuts=st.lists(st.integers(min_value=0, max_value=600), max_size=12),
+    limit=st.integers(min_value=1, max_value=300),
+    block=st.booleans(),
+)
+def test_head_hold_property(body: bytes, cuts: list[int], limit: int, block: bool) -> None:
+    """Any chunking: judged once on the first ``limit`` bytes; all or nothing goes out."""
+    seen: list[tuple[bytes, bool]] = []
+
+    def judge(head: bytes, more: bool) -> bool:
+        seen.append((head, more))
+        return block
+
+    hold = proxy._HeadHold(limit, judge)
+    points = sorted({0, len(body), *[c for c in cuts if c <= len(body)]})
+    out = bytearray()
+    for a, b in itertools.pairwise(points):
+        res = hold(body[a:b])
+        out += res if isinstance(res, bytes) else b"".join(res)
+    end = hold(b"")
+    out += end if isinstance(end, bytes) else b"".join(end)
+    assert seen == [(body[:limit], len(body) > limit)]
+    assert bytes(out) == (b"" if block else body)
+    assert hold.total == len(body)
