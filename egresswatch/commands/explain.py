@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,7 +67,7 @@ class BodyType(click.ParamType):
             return text.encode()
         name = text[1:]
         if name == "-":
-            return click.get_binary_stream("stdin").read()
+            return sys.stdin.buffer.read()
         try:
             return Path(name).read_bytes()
         except OSError as e:
