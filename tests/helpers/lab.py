@@ -315,3 +315,19 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10, step: float = 0
             return True
         time.sleep(step)
     return predicate()
+
+
+def lab_fixture(prefix: str, *, scope: str = "module", **kwargs: object) -> object:
+    """A pytest fixture (factory) yielding an :class:`InternetLab`, removed after ``scope``::
+
+    net = lab_fixture("sn", scope="session")   # in a test module or conftest
+    def test_x(net): ...
+    """
+    import pytest
+
+    @pytest.fixture(scope=scope)  # type: ignore[misc]
+    def _lab() -> Iterator[InternetLab]:
+        with internet_lab(prefix, **kwargs) as net:  # type: ignore[arg-type]
+            yield net
+
+    return _lab
