@@ -42,12 +42,12 @@ from egresswatch.store import (
     Store,
     TimeBucket,
     alerts_by_rule,
-    egress_summary,
     findings_by_kind,
     list_alerts,
     top_clients,
     verdicts_over_time,
 )
+from egresswatch.store.rows import split_set
 
 VERDICTS = ("allow", "alert", "would-block", "block")
 #: rows of the big egress table shown in text/markdown (JSON and HTML keep all)
@@ -197,21 +197,25 @@ def build_report(store: Store, since: float | None, until: float | None = None) 
     until = now if until is None else until
     flt = FlowFilter(since=since, until=until)
 
-    # One group-by gives per-country, per-service and overall totals without
-    # double counting (egress_summary splits multi-type flows per type).
+    # One scan feeds three sections: grouped by the stored payload-type set (as
+    # store.egress_summary does), each flow is in exactly one cell, so totals per
+    # country and service add up without double counting; splitting the sets
+    # afterwards gives the service x country x type x verdict table. (Calling
+    # egress_summary as well would read every row of the period a second time.)
     stmt = flt.apply(
         select(
             Flow.service_id,
             func.max(Flow.service_name),
             func.max(Flow.operator_country),
             Flow.country,
+            Flow.payload_types,
             Flow.verdict,
             func.count(),
             func.coalesce(func.sum(Flow.bytes_out), 0),
             func.coalesce(func.sum(Flow.bytes_in), 0),
             func.min(Flow.ts),
         )
-    ).group_by(Flow.service_id, Flow.country, Flow.verdict)
+    ).group_by(Flow.service_id, Flow.country, Flow.payload_types, Flow.verdict)
     with store.connect() as conn:
         cells: list[tuple[Any, ...]] = [tuple(r) for r in conn.execute(stmt)]
 
@@ -224,8 +228,17 @@ def build_report(store: Store, since: float | None, until: float | None = None) 
     service_v: dict[str | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     service_b: dict[str | None, list[int]] = defaultdict(lambda: [0, 0])
     first_ts: float | None = None
-    for sid, sname, opc, country, verdict, n, bout, bin_, ts_min in cells:
+    split: dict[tuple[str | None, str, str, str], list[Any]] = {}
+    for sid, sname, opc, country, ptypes, verdict, n, bout, bin_, ts_min in cells:
         bout, bin_ = int(bout), int(bin_)
+        for ptype in split_set(ptypes) or ("other",):
+            cell = split.get((sid, country, ptype, verdict))
+            if cell is None:
+                split[(sid, country, ptype, verdict)] = [sname, opc, n, bout, bin_]
+            else:
+                cell[2] += n
+                cell[3] += bout
+                cell[4] += bin_
         total_v[verdict] += n
         total_b[0] += bout
         total_b[1] += bin_
@@ -241,7 +254,13 @@ def build_report(store: Store, since: float | None, until: float | None = None) 
         if ts_min is not None and (first_ts is None or ts_min < first_ts):
             first_ts = float(ts_min)
 
-    egress = egress_summary(store, flt)
+    egress = [
+        EgressRow(sid, sname, opc, country, ptype, verdict, n, bout, bin_)
+        for (sid, country, ptype, verdict), (sname, opc, n, bout, bin_) in split.items()
+    ]
+    egress.sort(
+        key=lambda r: (-r.bytes_out, -r.flows, r.service_id or "", r.country, r.payload_type)
+    )
     per_service_types: dict[str | None, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     per_type: dict[str, int] = defaultdict(int)
     for row in egress:

@@ -459,3 +459,11 @@ def test_timeline_buckets_floor_on_every_engine(store: Store, tmp_path: Path) ->
     report = build_report(store, start, start + HOUR)
     assert report.bucket_seconds == size
     assert [(b.start, b.verdict, b.flows) for b in report.timeline] == [(base, "alert", 3)]
+
+
+def test_egress_table_matches_the_store_query(store: Store) -> None:
+    """build_report derives the big table from its own scan: it must equal egress_summary."""
+    from egresswatch.store import FlowFilter, egress_summary
+
+    report = build_report(store, NOW - 24 * HOUR, NOW)
+    assert list(report.egress) == egress_summary(store, FlowFilter(NOW - 24 * HOUR, NOW))
