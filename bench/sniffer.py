@@ -52,6 +52,8 @@ from egresswatch.sniffer import Sniffer  # noqa: E402
 from egresswatch.sniffer.capture import run_file  # noqa: E402
 
 NAMES = [f"svc{i}.bench.example" for i in range(16)]
+#: distinct names each tool extracted, to check they found the same ones
+DISTINCT: dict[str, set[str]] = {}
 RESOLVER = "198.51.100.53"
 
 
@@ -149,19 +151,25 @@ def bench_egresswatch(
 ) -> tuple[float, float, dict[str, int], Sniffer]:
     """(wall seconds, CPU seconds, names found, sniffer) for one offline run."""
     names: dict[str, int] = {"sni": 0, "dns-query": 0, "http-host": 0}
+    distinct: set[str] = set()
 
     def count(summary: object) -> None:
         s = summary  # FlowSummary
         if s.sni:  # type: ignore[attr-defined]
             names["sni"] += 1
+            distinct.add(s.sni)  # type: ignore[attr-defined]
         names["dns-query"] += len(s.dns_queries)  # type: ignore[attr-defined]
+        distinct.update(n for n, _ in s.dns_queries)  # type: ignore[attr-defined]
         if s.http_host:  # type: ignore[attr-defined]
             names["http-host"] += 1
+            distinct.add(s.http_host)  # type: ignore[attr-defined]
 
     sn = Sniffer(inspect, None, on_flow_end=count)  # type: ignore[arg-type]
     t0, c0 = time.perf_counter(), time.process_time()
     run_file(sn, path)
-    return time.perf_counter() - t0, time.process_time() - c0, names, sn
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    DISTINCT["egresswatch"] = distinct
+    return wall, cpu, names, sn
 
 
 def bench_scapy_reader(path: Path) -> float:
@@ -190,6 +198,7 @@ def bench_tshark(path: Path) -> tuple[float, float, dict[str, int]] | None:
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     names = {"sni": 0, "dns-query": 0, "http-host": 0}
+    distinct: set[str] = set()
     for line in res.stdout.splitlines():
         parts = line.split("\t")
         if len(parts) < 3:
@@ -197,6 +206,8 @@ def bench_tshark(path: Path) -> tuple[float, float, dict[str, int]] | None:
         names["sni"] += bool(parts[0])
         names["dns-query"] += bool(parts[1]) and not parts[1].startswith(" ")
         names["http-host"] += bool(parts[2])
+        distinct.update(p.split(":")[0] for p in parts[:3] for p in p.split(",") if p)
+    DISTINCT["tshark"] = distinct
     return elapsed, cpu, names
 
 
@@ -327,6 +338,10 @@ def main() -> None:
                   f"{ts[1] / ewc:.2f}x (CPU)")
             print("(tshark counts names per packet: DNS names in queries and answers, SNI in "
                   "every ClientHello packet; egresswatch counts per flow)")
+            ours, theirs = DISTINCT["egresswatch"], DISTINCT["tshark"]
+            print(f"same distinct names from both: {ours == theirs} ({len(theirs)} names)"
+                  + ("" if ours == theirs else
+                     f"; only tshark: {theirs - ours}, only egresswatch: {ours - theirs}"))
         if args.judge:
             from egresswatch.runtime import Settings, build_inspector
 
