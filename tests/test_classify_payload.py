@@ -1004,3 +1004,41 @@ def test_password_in_query_is_a_credential() -> None:
     assert {(f.kind, f.where, f.redacted) for f in result.findings} == {
         (K.PASSWORD, "query", "********")
     }
+
+
+# --- the compiled path rules agree with the rule table -------------------------------------
+
+_FRAGMENTS = [
+    "/v1", "/chat", "/completions", "/api", "/telemetry", "/resolve", "/main", "/x.gguf",
+    "/models", "/gpt2", "/org", "/messages", ":generatecontent", ":embedcontent", "/v2",
+    "/manifests", "/blobs", "/uploads", "/login", "/me", "/feedback", "/42", "/envelope",
+    "/update", "/releases", "/latest", "/embeddings", "/files", "/audio", "/speech",
+    "/images", "/generations", "/realtime", "/model", "/converse", "/rerank", "/generate",
+]  # fmt: skip
+
+
+def _reference(method: str, path: str) -> tuple[PayloadType, ...]:
+    """The table read naively: the leftmost match of any rule's own pattern, ties by order."""
+    import re
+
+    from egresswatch.classify import payload as rules
+
+    best: tuple[int, int] | None = None
+    for index, (pattern, methods, _) in enumerate(rules._PATH_RULES):
+        if methods is None or method in methods:
+            m = re.search(pattern, path)
+            if m is not None and (best is None or (m.start(), index) < best):
+                best = (m.start(), index)
+    return () if best is None else rules._PATH_RULES[best[1]][2]
+
+
+@settings(max_examples=400)
+@given(
+    st.sampled_from(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+    st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=5),
+)
+def test_compiled_path_rules_match_the_table(method: str, parts: list[str]) -> None:
+    from egresswatch.classify import payload as rules
+
+    path = "".join(parts)
+    assert rules.path_types(method, path) == _reference(method, path), path

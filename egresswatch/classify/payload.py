@@ -252,9 +252,12 @@ def path_types(method: str, path: str) -> tuple[P, ...]:
     if hit is not None:
         return hit
     anchored, floating = _PATH_RES.get(method) or _PATH_RES[None]
-    # the earlier rule wins when a shape matches at the start and another further on
-    best = min(_rule_index(anchored.match(path)), _rule_index(floating.search(path)))
-    types = _PATH_RULES[best][2] if best < len(_PATH_RULES) else ()
+    # The leftmost shape wins, ties go to the earlier rule; "^" rules sit at position 0.
+    first = _rule_index(anchored.match(path))
+    later = floating.search(path)
+    if later is not None and (later.start() == 0 or first == len(_PATH_RULES)):
+        first = min(first, _rule_index(later))
+    types = _PATH_RULES[first][2] if first < len(_PATH_RULES) else ()
     if len(_PATH_CACHE) >= _CACHE_SIZE:
         _PATH_CACHE.clear()  # API clients reuse a handful of paths: a refill is cheap
     _PATH_CACHE[key] = types
