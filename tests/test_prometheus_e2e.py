@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ class E2ELab:
     tmp: Path
     pki: LabPKI
     prom: Prometheus
+    sensors: dict[str, subprocess.Popen[bytes]]
 
     def curl(self, sensor: str, url: str, body: dict[str, Any]) -> tuple[int, str]:
         ca = self.tmp / sensor / "mitm" / "mitmproxy-ca-cert.pem"
@@ -169,9 +171,10 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
             ],
             ready="READY",
         )  # fmt: skip
+        sensors = {}
         for sensor, port in PROXY.items():
             (tmp / sensor).mkdir()
-            proc = lab.spawn(
+            proc = sensors[sensor] = lab.spawn(
                 net.gateway,
                 _sensor_argv(sensor, port, tmp, db, pki, net),
                 log=tmp / sensor / "egresswatch.log",
@@ -182,7 +185,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
             lab.wait_listen(net.gateway, METRICS[sensor], proc=proc, timeout=10)
         prom = Prometheus(_prometheus_config(tmp), tmp, port=PROM_PORT, ns=net.gateway)
         with prom:
-            yield E2ELab(net, tmp, pki, prom)
+            yield E2ELab(net, tmp, pki, prom, sensors)
 
 
 def _traffic(lab: E2ELab) -> None:
@@ -299,3 +302,18 @@ def test_operator_and_destination_country_answers(scraped: E2ELab) -> None:
     # the sensor variable's query: both gateways
     res = prom.query("group by (sensor) (egresswatch_build_info)")
     assert {s["metric"]["sensor"] for s in res} == set(PROXY)
+
+
+def test_sensor_down_fires_when_a_sensor_stops(scraped: E2ELab) -> None:
+    """Last in this module: it stops the enforcing sensor (SIGTERM: a clean exit 0)."""
+    prom = scraped.prom
+    proc = scraped.sensors["e2e-enforce"]
+    scraped.net.lab.stop(proc)
+    assert proc.returncode == 0, (scraped.tmp / "e2e-enforce" / "egresswatch.log").read_text()
+    assert prom.wait(lambda: _firing(prom, "EgressWatchSensorDown"), 30), prom.alerts()
+    (alert,) = _firing(prom, "EgressWatchSensorDown")
+    assert alert["labels"]["instance"] == f"127.0.0.1:{METRICS['e2e-enforce']}"
+    assert alert["labels"]["severity"] == "critical"
+    # the panel "Sensors up" shows it: one 1, one 0
+    values = sorted(float(s["value"][1]) for s in prom.query('up{job="egresswatch"}'))
+    assert values == [0.0, 1.0]
