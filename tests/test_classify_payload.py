@@ -1042,3 +1042,11 @@ def test_compiled_path_rules_match_the_table(method: str, parts: list[str]) -> N
 
     path = "".join(parts)
     assert rules.path_types(method, path) == _reference(method, path), path
+
+
+def test_deeply_nested_json_is_judged() -> None:
+    result = classify(
+        obs("POST", "/x", None, b"[" * 200_000, (("content-type", "application/json"),))
+    )
+    assert result.payload_types == (P.OTHER,)
+    assert "classify-error" not in result.flags

@@ -37,8 +37,7 @@ _MAX_QUERY_FIELDS = 256
 # mime types, data: URLs, OpenAI Realtime "input_audio_buffer.append" events.
 _IMAGE_MARKERS = (b'"image_url"', b'"input_image"', b'"images"', b"data:image/", b'"image/')
 _AUDIO_MARKERS = (b'"input_audio"', b"data:audio/", b'"audio/', b'"input_audio_buffer.append"')
-
-
+#: With a password, one of these members anywhere in a JSON body makes it a sign-up or login.
 _IDENTITY_MEMBERS = (b'"email"', b'"username"', b'"login"', b'"user_name"', b'"phone"')
 
 
@@ -78,7 +77,7 @@ def _json_keys(text: bytes) -> frozenset[str]:
     """Top-level keys of a JSON object, or of the first object of a JSON array / batch."""
     try:
         doc = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: "[[[[…" nested 100,000 deep
         return frozenset()
     if isinstance(doc, list) and doc and isinstance(doc[0], dict):
         doc = doc[0]
