@@ -348,3 +348,39 @@ def test_random_16_digit_numbers_are_rarely_cards(number: int) -> None:
     if found:
         assert luhn.is_valid(digits)
         assert [f.kind for f in found] == [K.PAYMENT_CARD]
+
+
+@given(st.text("0123456789", min_size=11, max_size=11).filter(lambda d: d[0] not in "01"))
+def test_generated_aadhaar_numbers_are_found_and_broken_ones_are_not(body: str) -> None:
+    from stdnum import verhoeff
+    from stdnum.in_ import aadhaar
+
+    number = body + verhoeff.calc_check_digit(body)
+    assume(aadhaar.is_valid(number))  # not a palindrome
+    shown = f"{number[:4]} {number[4:8]} {number[8:]}"
+    found = find_sensitive(f"Aadhaar: {shown}.", "body")
+    assert [(f.kind, f.detail, f.redacted) for f in found] == [
+        (K.NATIONAL_ID, "in-aadhaar", "********" + number[-4:])
+    ]
+    wrong = shown[:-1] + str((int(shown[-1]) + 1) % 10)
+    assert find_sensitive(f"Aadhaar: {wrong}.", "body") == []
+
+
+def _cpf_digit(digits: str) -> str:
+    # Receita Federal's rule: weights n+1 .. 2, remainder mod 11 below 2 gives 0.
+    total = sum(int(d) * w for d, w in zip(digits, range(len(digits) + 1, 1, -1), strict=True))
+    rest = total % 11
+    return "0" if rest < 2 else str(11 - rest)
+
+
+@given(st.text("0123456789", min_size=9, max_size=9).filter(lambda d: len(set(d)) > 1))
+def test_generated_cpf_numbers_are_found_and_broken_ones_are_not(body: str) -> None:
+    first = _cpf_digit(body)
+    number = body + first + _cpf_digit(body + first)
+    shown = f"{number[:3]}.{number[3:6]}.{number[6:9]}-{number[9:]}"
+    found = find_sensitive(f"CPF {shown}", "body")
+    assert [(f.kind, f.detail, f.redacted) for f in found] == [
+        (K.NATIONAL_ID, "br-cpf", "*******" + number[-4:])
+    ]
+    wrong = shown[:-1] + str((int(shown[-1]) + 1) % 10)
+    assert find_sensitive(f"CPF {wrong}", "body") == []

@@ -29,7 +29,9 @@ from collections.abc import Iterable
 import phonenumbers
 from stdnum import iban as std_iban
 from stdnum import luhn
+from stdnum.br import cpf as br_cpf
 from stdnum.cn import ric as cn_ric
+from stdnum.in_ import aadhaar as in_aadhaar
 from stdnum.us import ssn as us_ssn
 
 from egresswatch.classify.redact import redact
@@ -95,6 +97,9 @@ _NANP = re.compile(r"^(?:\+?1[ .\-]?)?\(?[2-9]\d{2}\)?[ .\-]?[2-9]\d{2}[ .\-]\d{
 _CN_MOBILE = re.compile(r"^1[3-9]\d{9}$")
 #: US SSN as written: AAA-GG-SSSS (SSA, "The SSN Numbering Scheme").
 _SSN_SHAPE = re.compile(r"^\d{3}-\d{2}-\d{4}$")
+#: India's Aadhaar as printed on the card: 4-4-4 (UIDAI); Brazil's CPF: ddd.ddd.ddd-dd.
+_AADHAAR_SHAPE = re.compile(r"^\d{4}([ \-])\d{4}\1\d{4}$")
+_CPF_SHAPE = re.compile(r"^\d{3}\.\d{3}\.\d{3}-\d{2}$")
 #: card numbers are grouped by 4 (4-6-5 for Amex) with one kind of separator, or not at all.
 _CARD_SHAPE = re.compile(r"^\d{4}([ \-]?)\d{4,6}(?:\1\d{1,5}){1,3}$|^\d{13,19}$")
 
@@ -336,6 +341,13 @@ def _validate_number(span: str) -> _Hit:
         return FindingKind.NATIONAL_ID, digits, "cn-ric"
     if n == 9 and _SSN_SHAPE.match(span):
         return (FindingKind.NATIONAL_ID, span, "us-ssn") if us_ssn.is_valid(span) else None
+    # Written shapes only: bare 11- and 12-digit numbers are too common to be read as these.
+    if n == 12 and _AADHAAR_SHAPE.match(span):  # Verhoeff check digit, no leading 0/1
+        return (
+            (FindingKind.NATIONAL_ID, digits, "in-aadhaar") if in_aadhaar.is_valid(digits) else None
+        )
+    if n == 11 and _CPF_SHAPE.match(span):  # two mod-11 check digits
+        return (FindingKind.NATIONAL_ID, digits, "br-cpf") if br_cpf.is_valid(digits) else None
     if 13 <= n <= 19 and len(set(digits)) > 1 and _CARD_SHAPE.match(span):
         brand = _card_brand(digits)
         if brand and luhn.is_valid(digits):
