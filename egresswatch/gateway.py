@@ -158,7 +158,8 @@ def _checked(run: Runner, cmd: Command) -> Result:
         why = res.stderr.strip() or res.stdout.strip() or f"exit status {res.returncode}"
         if cmd.argv[:2] == ("ip", "-o"):
             raise GatewayError(f"no interface {cmd.argv[-1]!r} here ({why})")
-        if "Operation not permitted" in why or "Permission denied" in why:
+        low = why.lower()
+        if "operation not permitted" in low or "permission denied" in low:
             raise GatewayError(f"{cmd.argv[0]}: needs root (CAP_NET_ADMIN): {why}")
         raise GatewayError(f"{' '.join(cmd.argv)} failed: {why}")
     return res
