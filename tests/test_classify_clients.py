@@ -163,6 +163,9 @@ _HF_SCRIPT = textwrap.dedent(
     print(open(path).read().strip())
     send_telemetry("examples", library_name="transformers", library_version="4.46.0",
                    user_agent={"pipeline": "text-classification", "framework": "pt"})
+    # gradio's analytics ride the same call, its topic being a URL (gradio/analytics.py)
+    send_telemetry("https://api.gradio.app/gradio-launched-telemetry", library_name="gradio",
+                   library_version="5.0.0", user_agent={"is_sharing_on": "False"})
     from huggingface_hub.utils import _telemetry  # the worker thread is a daemon: wait for it
     _telemetry._TELEMETRY_QUEUE.join()
     """
@@ -197,7 +200,7 @@ def hub_requests(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Recorde
         )
         assert done.returncode == 0, done.stderr
         assert "GPT2LMHeadModel" in done.stdout
-        rec.wait_for(lambda r: r.path.startswith("/api/telemetry/"), timeout=20)
+        rec.wait_for(lambda r: "gradio-launched" in r.path, timeout=20)
         return rec.requests, rec
 
 
@@ -230,7 +233,7 @@ def test_hub_telemetry_head_is_telemetry_with_data_in_user_agent(
     hub_requests: tuple[list[Recorded], Recorder],
 ) -> None:
     requests, rec = hub_requests
-    (tele,) = [r for r in requests if r.path.startswith("/api/telemetry/")]
+    (tele,) = [r for r in requests if r.path == "/api/telemetry/examples"]
     assert tele.method == "HEAD"
     assert tele.path == "/api/telemetry/examples"
     ua = tele.header("user-agent") or ""
@@ -247,3 +250,16 @@ def test_recorder_keeps_raw_bytes(tmp_path: Path) -> None:
         (req,) = rec.requests
     assert req.body.startswith(b"{") and b'"input"' in req.body
     assert req.header("authorization") == f"Bearer {OPENAI_KEY}"
+
+
+def test_gradio_analytics_through_the_hub_are_telemetry(
+    hub_requests: tuple[list[Recorded], Recorder],
+) -> None:
+    requests, rec = hub_requests
+    (tele,) = [r for r in requests if "gradio-launched-telemetry" in r.path]
+    assert tele.method == "HEAD"
+    assert tele.path.startswith("/api/telemetry/https%3A/api.gradio.app/")
+    assert "is_sharing_on/False" in (tele.header("user-agent") or "")
+    result = classify(rec.observation(tele, host="huggingface.co"), "model-hub")
+    assert result.payload_types == (P.TELEMETRY,)
+    assert "data-in-user-agent" in result.flags
