@@ -199,11 +199,19 @@ def address_names(message: Message) -> list[tuple[bytes, str, tuple[str, ...], i
     return out
 
 
+_ADDR_TEXT: dict[bytes, str] = {}
+
+
 def addr_text(raw: bytes) -> str:
-    """Raw 4- or 16-byte address as text (RFC 5952 form for IPv6, as ``ipaddress`` prints it)."""
-    if len(raw) == 4:
-        return ".".join(map(str, raw))
-    return socket.inet_ntop(socket.AF_INET6, raw)
+    """Raw 4- or 16-byte address as text (RFC 5952 form for IPv6), memoised (bounded)."""
+    text = _ADDR_TEXT.get(raw)
+    if text is None:
+        v4 = len(raw) == 4
+        text = ".".join(map(str, raw)) if v4 else socket.inet_ntop(socket.AF_INET6, raw)
+        if len(_ADDR_TEXT) >= 65536:
+            _ADDR_TEXT.clear()
+        _ADDR_TEXT[raw] = text
+    return text
 
 
 class DnsCache:

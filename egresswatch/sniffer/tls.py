@@ -188,6 +188,6 @@ def clean_name(raw: bytes) -> str:
         name = raw.decode("ascii").rstrip(".").lower()
     except UnicodeDecodeError as e:
         raise ValueError("host name is not ASCII") from e
-    if not name or len(name) > 253 or any(c <= " " or c == "\x7f" for c in name):
+    if not name or len(name) > 253 or not name.isprintable() or " " in name:
         raise ValueError("not a host name")
     return name
