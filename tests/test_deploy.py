@@ -389,7 +389,7 @@ HARDENING = {
 #: unit -> the only capabilities it may have
 CAPABILITIES = {
     "egresswatch-proxy.service": "",
-    "egresswatch-sniffer@.service": "CAP_NET_RAW",
+    "egresswatch-sniffer.service": "CAP_NET_RAW",
     "egresswatch.service": "CAP_NET_RAW",
     "egresswatch-gateway.service": "CAP_NET_ADMIN",
 }
@@ -437,8 +437,7 @@ def _installable_copies(tmp_path: Path) -> list[Path]:
 
     copies = []
     for unit in sorted(SYSTEMD.glob("*.service")):
-        name = unit.name.replace("@.", "@lan0.")  # a template is verified as an instance
-        copy = tmp_path / name
+        copy = tmp_path / unit.name
         copy.write_text(unit.read_text().replace(INSTALLED_BIN, egresswatch_bin()))
         copies.append(copy)
     return copies
@@ -468,6 +467,69 @@ def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(bad)], capture_output=True, text=True, timeout=60
     )
     assert "NoNewPrivilege" in res.stderr
+
+
+def _unit_command(unit: Path, key: str, tmp: Path) -> tuple[list[str], dict[str, str]]:
+    """A unit's command as systemd would run it, with its Environment= and paths under tmp."""
+    import os
+    import shlex
+
+    from conftest import egresswatch_bin
+
+    keys = parse_unit(unit)
+
+    def local(text: str) -> str:
+        return (
+            text.replace(INSTALLED_BIN, egresswatch_bin())
+            .replace("/var/lib/egresswatch", str(tmp / "state"))
+            .replace("/run/", f"{tmp}/run/")
+        )
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSWATCH_")}
+    env["HOME"] = str(tmp)
+    for line in keys.get("Service.Environment", []):
+        name, _, value = line.partition("=")
+        env[name] = local(value)
+    command = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], keys[f"Service.{key}"][0])
+    return shlex.split(local(command)), env
+
+
+def test_unit_commands_are_accepted_by_the_real_cli(tmp_path: Path) -> None:
+    """Every ExecStart/ExecStop, expanded like systemd, runs: `run --check`, gateway --dry-run."""
+    (tmp_path / "run").mkdir()
+    for unit in sorted(SYSTEMD.glob("*.service")):
+        keys = parse_unit(unit)
+        for key in ("ExecStart", "ExecStop"):
+            if f"Service.{key}" not in keys:
+                continue
+            argv, env = _unit_command(unit, key, tmp_path)
+            if argv[1] == "run":
+                argv.append("--check")  # load everything, print the banner, exit
+                files = keys.get("Service.EnvironmentFile", [])
+                if "-/etc/egresswatch/sniffer.env" in files:
+                    env["EGRESSWATCH_SNIFFER_INTERFACES"] = "lo"  # what sniffer.env sets
+            else:
+                assert argv[1] == "gateway", argv
+                argv.append("--dry-run")
+            res = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+            out = res.stdout + res.stderr
+            assert res.returncode == 0, (unit.name, argv, out[-2000:])
+            if argv[1] == "run":
+                assert "Ready." in out, out
+                proxy = "Proxy: transparent on 0.0.0.0:8080" in out
+                sniffer = "Sniffer: capturing on lo" in out
+                # the proxy unit (no CAP_NET_RAW) never reads sniffer.env, so never captures;
+                # the sniffer unit never proxies
+                assert (proxy, sniffer) == {
+                    "egresswatch.service": (True, True),
+                    "egresswatch-proxy.service": (True, False),
+                    "egresswatch-sniffer.service": (False, True),
+                }[unit.name], out
+                assert str(tmp_path / "state") in out  # the database in the state directory
+            elif key == "ExecStart":
+                assert "redirect to :8080" in out and "udp dport 443 drop" in out
+            else:
+                assert "nft delete table inet egresswatch" in out
 
 
 # -- compose -----------------------------------------------------------------------------
