@@ -259,6 +259,19 @@ class FlowSummary(NamedTuple):
             f.decision,
         )
 
+    @property
+    def match_key(self) -> tuple[str, str, int, str, int]:
+        """(transport, client addr, client port, server addr, server port): what a proxy flow
+        to the same original destination from the same client socket also has. A sniffer
+        flow whose key no proxy flow shares within its time span went around the proxy."""
+        return (
+            self.transport,
+            self.client_addr,
+            self.client_port,
+            self.server_addr,
+            self.server_port,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON form (stable keys; documented in docs/sniffer.md)."""
         from egresswatch.jsonable import decision_to_dict
