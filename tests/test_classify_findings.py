@@ -75,6 +75,8 @@ def _one(text: str) -> Finding:
         (PEM, K.PRIVATE_KEY, "rsa", "<RSA PRIVATE KEY>"),
         (json.dumps({"k": PEM.replace("RSA ", "")}), K.PRIVATE_KEY, "pkcs8", "<PRIVATE KEY>"),
         (f"Bearer {JWT}", K.JWT, "hs256", "eyJ…" + JWT[-4:]),
+        (json.dumps({"c": f"my token:\n{JWT}"}), K.JWT, "hs256", "eyJ…" + JWT[-4:]),
+        (json.dumps({"c": f"key:\n{AWS}\tok"}), K.API_KEY, "aws", "AKIA…MPLE"),
     ],
 )
 def test_finds_and_redacts(text: str, kind: FindingKind, detail: str | None, redacted: str) -> None:

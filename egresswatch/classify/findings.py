@@ -241,6 +241,8 @@ def _scan_secrets(b: bytes, where: str, out: Findings) -> bool:
             start -= 1
         m = _RUN_END.match(wfolded, pos)
         end = m.end() if m else pos + 20
+        if start and b[start - 1] == 0x5C and b[start] in b"nrt":
+            start += 1  # a JSON escape ("...key:\nsk-proj-...") is not part of the token
         if b.startswith(b"eyJ", start):
             _jwt(b, start, where, out)
         else:
@@ -260,15 +262,13 @@ def _b64url_json(part: bytes) -> object:
 
 
 def _jwt(b: bytes, start: int, where: str, out: Findings) -> None:
-    if start and b[start - 1] in _KEY_BEFORE:
-        return
     m = _JWT.match(b, start)
     if m is None:
         return
     token = m.group(0)
     try:
         header = _b64url_json(token.split(b".", 1)[0])
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, binascii.Error, UnicodeDecodeError, RecursionError):
         return
     if not isinstance(header, dict) or not ("alg" in header or "typ" in header):
         return
