@@ -595,3 +595,55 @@ def test_compose_multi_gateway_variant() -> None:
     (job,) = yaml.safe_load(config.read_text())["scrape_configs"]
     assert job["job_name"] == "egresswatch"
     assert len(job["static_configs"][0]["targets"]) >= 2
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} (the forms used in deploy/compose)."""
+
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        assert op != ":?", f"{name} is required: {arg}"
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value)
+
+
+@pytest.mark.parametrize("name", ["compose.yml", "compose.multi.yml"])
+def test_compose_egresswatch_command_runs_on_the_real_cli(name: str, tmp_path: Path) -> None:
+    """The egresswatch service's command and environment, as compose would pass them."""
+    import os
+
+    from conftest import egresswatch_bin
+
+    svc = _compose(name)["services"]["egresswatch"]
+    outer = {
+        "EGRESSWATCH_SENSOR": "gw2",
+        "EGRESSWATCH_DB": f"sqlite:///{tmp_path}/central.db",  # stands for the PostgreSQL URL
+    }
+    if name == "compose.yml":
+        outer = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSWATCH_")}
+    env["HOME"] = str(tmp_path)
+    for key, value in svc["environment"].items():
+        value = _interpolate(str(value), outer)
+        env[key] = value.replace("/var/lib/egresswatch", str(tmp_path / "state")).replace(
+            "/opt/egresswatch/geoip", str(DEPLOY.parent / "geoip")
+        )
+    command = [_interpolate(str(c), outer) for c in svc["command"]]
+    res = subprocess.run(
+        [egresswatch_bin(), *command, "--check"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-2000:]
+    assert "Proxy: transparent on 0.0.0.0:8080" in out
+    sensor = "gw2" if name == "compose.multi.yml" else "lab-gw"
+    assert f"running as sensor '{sensor}'" in out
+    metrics = "0.0.0.0:9721" if name == "compose.multi.yml" else "127.0.0.1:9721"
+    assert f"Metrics: http://{metrics}/metrics" in out
+    if name == "compose.multi.yml":
+        # without a sensor name the variant refuses to start instead of defaulting
+        with pytest.raises(AssertionError, match="EGRESSWATCH_SENSOR is required"):
+            _interpolate(svc["environment"]["EGRESSWATCH_SENSOR"], {})
