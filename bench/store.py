@@ -1,0 +1,324 @@
+"""Store benchmark: write rate through the writer vs raw executemany; query time vs size.
+
+Part 1 writes the same decisions three ways in one run and prints the rates side
+by side: through ``StoreWriter`` to SQLite, raw ``sqlite3.executemany`` of the
+same rows into the same schema (the floor SQLite itself sets), and through
+``StoreWriter`` to a PostgreSQL server started from the Debian package (or
+``--pg-url``). Goal: >= 50,000 decisions/s to SQLite.
+
+Part 2 grows one SQLite database to each ``--sizes`` (flows spread over 30
+days, so "the last 24 h" holds 1/30 of them) and times what ``egresswatch
+report --since 24h`` asks of the store and a filtered ``egresswatch flows``,
+in-process and through the real CLI. Goal: < 2 s at 10 million flows.
+
+    .venv/bin/python bench/store.py                       # 50k decisions; 100k and 1M flows
+    .venv/bin/python bench/store.py --sizes 100000,1000000,10000000
+    .venv/bin/python bench/store.py --decisions 20000 --sizes 100000 --no-pg   # quick
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Python puts this script's folder first on sys.path, and bench/ holds other scripts
+# whose names shadow the standard library (bench/inspect.py): drop it before importing more.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse  # noqa: E402
+import importlib.util  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+import shutil  # noqa: E402
+import sqlite3  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from helpers.pg import PgServer, why_no_postgres  # noqa: E402
+from helpers.storedata import make_decision  # noqa: E402
+
+from egresswatch.store import (  # noqa: E402
+    FlowFilter,
+    Store,
+    count_flows,
+    egress_summary,
+    findings_by_kind,
+    open_store,
+    query_flows,
+    top_clients,
+    verdicts_over_time,
+)
+from egresswatch.store.queries import alerts_by_rule  # noqa: E402
+from egresswatch.store.rows import FLOW_COLUMNS, finding_rows, flow_values  # noqa: E402
+
+DAY = 86_400.0
+
+
+def decisions(n: int, now: float) -> list:  # type: ignore[type-arg]
+    """n decisions with random uuid ids (as the inspector makes them), over the last hour."""
+    rng = random.Random(1)
+    return [
+        make_decision(i, now=now, rng=rng, decision_id=uuid.uuid4().hex, flow_id=uuid.uuid4().hex)
+        for i in range(n)
+    ]
+
+
+def through_writer(url: str, ds: list, batch: int, spill: Path) -> float:  # type: ignore[type-arg]
+    """Seconds from the first record() to the end of close() (everything committed)."""
+    store = open_store(url)
+    w = store.writer(
+        batch_size=batch, flush_interval=0.5, queue_size=len(ds) + 10, spill_path=spill
+    )
+    t0 = time.perf_counter()
+    for d in ds:
+        w.record(d)
+    w.close(timeout=600)
+    elapsed = time.perf_counter() - t0
+    stats = w.stats
+    assert stats.written == len(ds) and stats.dropped == 0, stats
+    assert count_flows(store) == len(ds)
+    store.close()
+    return elapsed
+
+
+def raw_executemany(path: Path, ds: list, batch: int) -> float:  # type: ignore[type-arg]
+    """The same rows (mapped beforehand) into the same schema with sqlite3.executemany."""
+    open_store(str(path)).close()  # schema by the migrations, like the writer's
+    flows = [tuple(flow_values(d, "bench")) for d in ds]
+    finds = [tuple(f.values()) for d in ds for f in finding_rows(d)]
+    fcols = list(finding_rows(ds[0])[0]) if finds else []
+    con = sqlite3.connect(path)
+    for pragma in (
+        "journal_mode=WAL",
+        "synchronous=NORMAL",
+        "cache_size=-65536",
+        "wal_autocheckpoint=10000",
+    ):
+        con.execute(f"PRAGMA {pragma}")
+    q_flows = (
+        f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES "
+        f"({', '.join('?' for _ in FLOW_COLUMNS)}) ON CONFLICT (decision_id) DO NOTHING"
+    )
+    q_finds = (
+        f"INSERT INTO findings ({', '.join(repr(c) if c == 'where' else c for c in fcols)})"
+        f" VALUES ({', '.join('?' for _ in fcols)}) ON CONFLICT DO NOTHING"
+    )
+    by_decision: dict[str, list[tuple]] = {}  # type: ignore[type-arg]
+    for f in finds:
+        by_decision.setdefault(f[0], []).append(f)
+    t0 = time.perf_counter()
+    for i in range(0, len(flows), batch):
+        chunk = flows[i : i + batch]
+        con.executemany(q_flows, chunk)
+        fs = [f for row in chunk for f in by_decision.get(row[0], ())]
+        if fs:
+            con.executemany(q_finds, fs)
+        con.commit()
+    elapsed = time.perf_counter() - t0
+    con.close()
+    return elapsed
+
+
+def part1(args: argparse.Namespace, work: Path) -> None:
+    now = time.time()
+    ds = decisions(args.decisions, now)
+    n = len(ds)
+    print(f"\n== write rate: {n:,} decisions, batch {args.batch} ==")
+    results: list[tuple[str, float]] = []
+    t_writer = through_writer(f"sqlite:///{work / 'w.db'}", ds, args.batch, work / "w.spill")
+    results.append(("StoreWriter -> SQLite (map + insert + commit)", t_writer))
+    t_raw = raw_executemany(work / "raw.db", ds, args.batch)
+    results.append(("raw sqlite3.executemany, same rows (insert + commit)", t_raw))
+    pg: PgServer | None = None
+    try:
+        url = args.pg_url
+        if url is None and not args.no_pg:
+            reason = why_no_postgres()
+            if reason:
+                print(f"(PostgreSQL skipped: {reason})")
+            else:
+                pg = PgServer(prefix="egw-bench-")  # fsync on: a durable server
+                pg.start()
+                url = pg.createdb("bench")
+        if url:
+            t_pg = through_writer(url, ds, args.batch, work / "pg.spill")
+            results.append(("StoreWriter -> PostgreSQL 15 (loopback, fsync on)", t_pg))
+    finally:
+        if pg is not None:
+            pg.cleanup()
+    print(f"{'path':<55} {'seconds':>8} {'decisions/s':>12} {'vs raw':>7}")
+    for name, secs in results:
+        print(f"{name:<55} {secs:8.2f} {n / secs:12,.0f} {t_raw / secs:7.2f}")
+    print(
+        f"goal: >= 50,000 decisions/s to SQLite through the writer -> "
+        f"{'met' if n / t_writer >= 50_000 else 'NOT met'} ({n / t_writer:,.0f}/s)"
+    )
+
+
+def grow(path: Path, have: int, want: int, now: float, rng: random.Random) -> None:
+    """Append flows (and 1 finding per 7 flows) until the database has ``want`` rows."""
+    templates = [flow_values(make_decision(i, now=now), "bench") for i in range(997)]
+    con = sqlite3.connect(path)
+    for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-262144"):
+        con.execute(f"PRAGMA {pragma}")
+    q = (
+        f"INSERT INTO flows ({', '.join(FLOW_COLUMNS)}) VALUES "
+        f"({', '.join('?' for _ in FLOW_COLUMNS)})"
+    )
+    qf = (
+        'INSERT INTO findings (decision_id, seq, ts, sensor, kind, redacted, "where", '
+        "service_id, country) VALUES (?, 0, ?, 'proxy', ?, 'j***@example.com', 'body', ?, ?)"
+    )
+    kinds = ("email", "api-key", "phone", "payment-card")
+    chunk = 100_000
+    i = have
+    while i < want:
+        rows = []
+        finds = []
+        for j in range(i, min(i + chunk, want)):
+            t = templates[j % len(templates)]
+            ts = now - rng.random() * 30 * DAY
+            key = f"{j:032x}"
+            row = [key, key, ts, *t[3:]]
+            rows.append(row)
+            if j % 7 == 0:
+                finds.append((key, ts, kinds[j % 4], t[26], t[21]))
+        con.executemany(q, rows)
+        con.executemany(qf, finds)
+        con.commit()
+        i += len(rows)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.execute("ANALYZE")  # what a long-running store gets from PRAGMA optimize
+    con.close()
+
+
+def timed(fn: Callable[[], object], repeat: int = 3) -> tuple[float, float]:
+    """(first run, best of the rest) in seconds."""
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    best = first
+    for _ in range(repeat - 1):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return first, best
+
+
+def cli(*args: str) -> float:
+    exe = Path(sys.executable).parent / "egresswatch"
+    t0 = time.perf_counter()
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600)
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"   ({' '.join(args[:2])} failed: {proc.stderr.strip()[:200]})")
+        return float("nan")
+    return elapsed
+
+
+def part2(args: argparse.Namespace, work: Path) -> None:
+    sizes = sorted(int(s) for s in args.sizes.split(",") if s)
+    if not sizes:
+        return
+    path = work / "q.db"
+    open_store(str(path)).close()
+    now = time.time()
+    rng = random.Random(2)
+    have_report_cmd = importlib.util.find_spec("egresswatch.commands.report") is not None
+    print("\n== query time vs size (SQLite; flows spread over 30 days) ==")
+    print("report: egress_summary + top_clients + findings_by_kind + alerts + hourly verdicts,")
+    print("        --since 24h; flows: --since 24h --country CN --verdict block --limit 50;")
+    print("        flows (no since): --country SG --type file-upload --limit 50")
+    header = (
+        f"{'flows':>11} {'build s':>8} {'report 1st':>10} {'best':>6} "
+        f"{'flows 1st':>9} {'best':>6} {'no-since':>8} {'CLI flows':>9} {'CLI report':>10}"
+    )
+    print(header)
+    have = 0
+    for size in sizes:
+        t0 = time.perf_counter()
+        grow(path, have, size, now, rng)
+        build = time.perf_counter() - t0
+        have = size
+        store = open_store(str(path))
+        since = FlowFilter(since=now - DAY)
+
+        def report(store: Store = store, since: FlowFilter = since) -> None:
+            egress_summary(store, since)
+            top_clients(store, since, 10)
+            findings_by_kind(store, since)
+            alerts_by_rule(store, since)
+            verdicts_over_time(store, since, 3600)
+
+        flt = FlowFilter(since=now - DAY, countries=("CN",), verdicts=("block",))
+        r_first, r_best = timed(report)
+        f_first, f_best = timed(lambda store=store, flt=flt: query_flows(store, flt, 50))
+        wide = FlowFilter(countries=("SG",), payload_types=("file-upload",))
+        _, w_best = timed(lambda store=store, wide=wide: query_flows(store, wide, 50))
+        store.close()
+        c_flows = cli(
+            "flows",
+            "--db",
+            str(path),
+            "--since",
+            "24h",
+            "--country",
+            "CN",
+            "--verdict",
+            "block",
+            "--limit",
+            "50",
+            "--format",
+            "json",
+        )
+        c_report = (
+            cli("report", "--db", str(path), "--since", "24h", "--format", "json")
+            if have_report_cmd
+            else float("nan")
+        )
+        print(
+            f"{size:>11,} {build:8.1f} {r_first:10.3f} {r_best:6.3f} {f_first:9.3f} "
+            f"{f_best:6.3f} {w_best:8.3f} {c_flows:9.2f} {c_report:10.2f}"
+        )
+    size_mb = sum(p.stat().st_size for p in work.glob("q.db*")) / 1e6
+    print(f"database on disk at {sizes[-1]:,} flows: {size_mb:,.0f} MB")
+    print("goal: < 2 s at 10 million flows (report and filtered flows, in-process)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--decisions", type=int, default=50_000, help="decisions for the write test")
+    ap.add_argument("--batch", type=int, default=1000, help="writer batch size")
+    ap.add_argument(
+        "--sizes",
+        default="100000,1000000",
+        help="comma-separated database sizes for the query test ('' to skip)",
+    )
+    ap.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
+    ap.add_argument("--pg-url", help="use this PostgreSQL instead of starting one")
+    ap.add_argument("--workdir", help="where the databases go (default: a temp dir, removed)")
+    args = ap.parse_args()
+    work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="egw-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    print(
+        f"python {sys.version.split()[0]}, sqlite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, work dir {work}"
+    )
+    try:
+        if args.decisions > 0:
+            part1(args, work)
+        part2(args, work)
+    finally:
+        if not args.workdir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
