@@ -114,6 +114,18 @@ def test_http_parser(data: bytes) -> None:
 
 
 @fuzz
+@given(st.lists(st.tuples(st.integers(0, 70_000), st.binary(max_size=40)), max_size=80))
+def test_crypto_stream_reassembly(frames: list[tuple[int, bytes]]) -> None:
+    s = quicmod.CryptoStream()
+    for off, data in frames:
+        try:
+            s.add(off, data)
+        except ValueError:
+            break
+    assert len(s.buf) <= quicmod.CryptoStream.LIMIT
+
+
+@fuzz
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.binary(max_size=40)), max_size=30))
 def test_stream_reassembly(segments: list[tuple[int, bytes]]) -> None:
     s = Stream(base=1000, limit=4096)

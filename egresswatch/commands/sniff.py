@@ -75,7 +75,8 @@ class PositiveFloat(click.ParamType):
     multiple=True,
     metavar="IFACE",
     help="Capture live on this interface (repeatable). Needs root or CAP_NET_RAW only; "
-    "nothing is ever sent.",
+    "nothing is ever sent. On a gateway, use the client-facing side(s): capturing both "
+    "sides of a NAT sees every flow twice.",
 )
 @click.option(
     "--bpf",
