@@ -77,6 +77,13 @@ def _one(text: str) -> Finding:
         (f"Bearer {JWT}", K.JWT, "hs256", "eyJ…" + JWT[-4:]),
         (json.dumps({"c": f"my token:\n{JWT}"}), K.JWT, "hs256", "eyJ…" + JWT[-4:]),
         (json.dumps({"c": f"key:\n{AWS}\tok"}), K.API_KEY, "aws", "AKIA…MPLE"),
+        (json.dumps({"c": "mail:\njane@example.com"}), K.EMAIL, None, "j***@example.com"),
+        (
+            json.dumps({"c": "card:\n4111111111111111"}),
+            K.PAYMENT_CARD,
+            "visa",
+            "**** **** **** 1111",
+        ),
     ],
 )
 def test_finds_and_redacts(text: str, kind: FindingKind, detail: str | None, redacted: str) -> None:

@@ -277,6 +277,11 @@ def _jwt(b: bytes, start: int, where: str, out: Findings) -> None:
     _add(out, FindingKind.JWT, token.decode("ascii"), where, detail)
 
 
+def _after_escape(b: bytes, i: int) -> bool:
+    """True when ``b[i - 1]`` is the letter of a JSON escape (``\\n``, ``\\r``, ``\\t``)."""
+    return i >= 2 and b[i - 1] in b"nrt" and b[i - 2] == 0x5C
+
+
 def _scan_emails(b: bytes, where: str, out: Findings) -> bool:
     at = b.find(b"@")
     budget = MAX_CANDIDATES
@@ -289,6 +294,8 @@ def _scan_emails(b: bytes, where: str, out: Findings) -> bool:
             start -= 1
         while start < at and b[start] not in _ALNUM:
             start += 1
+        if _after_escape(b, start + 1):
+            start += 1  # "...\njane@example.com" in JSON: the "n" belongs to the escape
         m = _DOMAIN.match(b, at + 1)
         if m and start < at:
             addr = b[start : m.end()].decode("ascii")
@@ -426,7 +433,7 @@ def _scan_digits(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
             continue  # glued to a word or a dash: an identifier, not a number
         if s and b[s - 1] in b"+(":
             s -= 1
-        if s and b[s - 1] in _BAD_BEFORE:
+        if s and b[s - 1] in _BAD_BEFORE and not _after_escape(b, s):
             continue
         if e - s > _MAX_RUN:
             continue
