@@ -78,6 +78,7 @@ def _one(text: str) -> Finding:
         (json.dumps({"c": f"my token:\n{JWT}"}), K.JWT, "hs256", "eyJ…" + JWT[-4:]),
         (json.dumps({"c": f"key:\n{AWS}\tok"}), K.API_KEY, "aws", "AKIA…MPLE"),
         (json.dumps({"c": "mail:\njane@example.com"}), K.EMAIL, None, "j***@example.com"),
+        (json.dumps({"c": "iban:\nGB82WEST12345698765432"}), K.IBAN, "gb", "GB** …5432"),
         (
             json.dumps({"c": "card:\n4111111111111111"}),
             K.PAYMENT_CARD,

@@ -461,7 +461,7 @@ def _scan_ibans(b: bytes, folded: bytes, where: str, out: Findings) -> bool:
     budget = MAX_CANDIDATES // 16
     while pos >= 0:
         nxt = pos + 1
-        if not (pos and b[pos - 1] in _ALNUM):
+        if not (pos and b[pos - 1] in _ALNUM) or _after_escape(b, pos):
             budget -= 1
             if budget < 0:
                 return True
