@@ -33,7 +33,7 @@ def _client_iface(lab, ns: str) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_gateway_sniffer_names_dns_tls_and_quic(tmp_path: Path) -> None:
-    with internet_lab("sn", v6=False) as net:
+    with internet_lab("sn") as net:
         lab = net.lab
         for extra in ("203.0.113.11/32", "203.0.113.12/32"):
             lab.add_addr(net.internet, extra)
@@ -109,6 +109,10 @@ def test_gateway_sniffer_names_dns_tls_and_quic(tmp_path: Path) -> None:
     # the segmented post-quantum hello: reassembled from several real segments
     (big,) = by[("tls", 8443, "big.lab.example")]
     assert big["packets"]["out"] >= 4 and big["ech"] is True
+
+    # IPv6 from the client's ULA to a documentation address
+    (v6,) = by[("tls", 8443, "v6.lab.example")]
+    assert v6["server"]["addr"] == "2001:db8:1::10"
 
     # QUIC v1 over three Initials and QUIC v2
     (v1,) = by[("quic", 443, "h3.lab.example")]

@@ -41,6 +41,7 @@ WEB = "203.0.113.10"
 QUIC_HOST = "203.0.113.11"
 RAW_HOST = "203.0.113.12"
 DNS = "198.51.100.20"
+WEB6 = "2001:db8:1::10"
 #: name -> address the lab's DNS answers (through a CNAME, like a CDN)
 ZONE = {
     "chat.lab.example": WEB,
@@ -93,6 +94,10 @@ class _Threaded(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
 
 
+class _Threaded6(_Threaded):
+    address_family = socket.AF_INET6
+
+
 class _ThreadedUdp(socketserver.ThreadingMixIn, socketserver.UDPServer):
     allow_reuse_address = True
     daemon_threads = True
@@ -119,6 +124,7 @@ def server(pki: Path) -> None:
         _Threaded((WEB, 443), _Tls),
         _Threaded((WEB, 8443), _Sink),
         _Threaded((RAW_HOST, 9000), _Sink),
+        _Threaded6((WEB6, 8443), _Sink),
     ]
     udp443 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp443.bind((QUIC_HOST, 443))
@@ -167,7 +173,11 @@ def client(ca: Path) -> None:
         s.connect((WEB, 8443))
         s.sendall(tls_records(client_hello("big.lab.example", ("h2",), grease_ech=True)))
         time.sleep(0.2)
-    # QUIC v1 split over three Initials, and v2 in one
+    # the same over IPv6
+    with socket.create_connection((WEB6, 8443), timeout=5) as s:
+        s.sendall(tls_records(client_hello("v6.lab.example", ("h2",))))
+        time.sleep(0.2)
+    # QUIC v1 split over three Initials, and v2 over two
     quic = _dns_udp("h3.lab.example")
     # (each Initial must fit the 1500-byte MTU, as real QUIC ensures: RFC 9000 §14)
     for version, host, parts in ((1, "h3.lab.example", 3), (0x6B3343CF, "v2.lab.example", 2)):
