@@ -256,3 +256,13 @@ def test_fast_path_and_full_decoder_agree(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(calls) == 2 + len(raw)
     assert len(fast) == 6
     assert fast == slow
+
+
+def test_tick_ends_idle_flows_on_a_quiet_link() -> None:
+    sink = RecordingSink()
+    sn = Sniffer(RecordingInspector().inspect, sink, config=SnifferConfig(udp_idle_timeout=5))
+    feed(sn, [udp_packet("192.0.2.1", "203.0.113.5", 5000, 7000, b"x")], t0=100.0)
+    sn.tick(103.0)
+    assert sink.closed == []
+    sn.tick(106.0)
+    assert [c.status for c in sink.closed] == ["idle"] and not sn.flows

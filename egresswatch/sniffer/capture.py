@@ -253,7 +253,7 @@ class LiveCapture:
             if now >= next_stats:
                 self.read_kernel_stats()
                 next_stats = now + 1.0
-                self.sniffer.sweep(self.sniffer.now)
+                self.sniffer.tick(time.time())  # idle flows end even when nothing arrives
             ready, _, _ = select.select(list(by_fd), [], [], 0.2)
             for fd in ready:
                 sock, linktype = by_fd[fd]

@@ -417,6 +417,13 @@ class Sniffer:
         for key in done:
             self._finish(self.flows.pop(key), now, "idle")
 
+    def tick(self, now: float) -> None:
+        """Advance the clock without a packet (live capture on a quiet link) and sweep."""
+        if now > self.now:
+            self.now = now
+        self._next_sweep = self.now + self.config.sweep_interval
+        self.sweep(self.now)
+
     def close(self) -> None:
         """End of capture: finish every flow still in the table."""
         for f in list(self.flows.values()):
