@@ -105,8 +105,9 @@ def _endpoints(addr: str, port: int) -> list[str]:
 class ProcessLookup:
     """Finds the local process owning a TCP socket. Thread-safe; bounded; cached.
 
-    ``max_pids`` and ``budget`` bound one scan of ``/proc``; ``max_age`` says how long a
-    scan's inode map is trusted before a miss triggers a new one.
+    ``max_pids`` and ``budget`` bound one scan of ``/proc``. One scan's inode map serves
+    every socket that existed when it began; a socket it missed triggers one new scan, and
+    callers queued behind a scan reuse it instead of scanning again.
     """
 
     def __init__(
@@ -114,20 +115,19 @@ class ProcessLookup:
         proc: str | Path = "/proc",
         *,
         max_pids: int = 4096,
-        budget: float = 0.2,
-        max_age: float = 2.0,
+        budget: float = 0.5,
     ) -> None:
         self.proc = Path(proc)
         self.max_pids = max_pids
         self.budget = budget
-        self.max_age = max_age
         self._lock = threading.Lock()
         self._owners: dict[int, ProcessInfo] = {}
-        self._scanned_at = 0.0
+        self._scan_started = float("-inf")
         self.scans = 0
 
     def owner(self, addr: str, port: int) -> ProcessInfo | None:
         """The process whose socket has local endpoint ``addr:port``, or None."""
+        called = time.monotonic()
         inode = self._inode(addr, port)
         if inode is None:
             return None
@@ -135,10 +135,10 @@ class ProcessLookup:
             hit = self._owners.get(inode)
             if hit is not None:
                 return hit
-            if time.monotonic() - self._scanned_at < min(self.max_age, 0.25):
-                return None  # scanned a moment ago: don't rescan per miss
+            if self._scan_started > called:
+                return None  # a scan that began after this socket existed did not find it
+            self._scan_started = time.monotonic()
             self._owners = self._scan()
-            self._scanned_at = time.monotonic()
             return self._owners.get(inode)
 
     def _inode(self, addr: str, port: int) -> int | None:
@@ -162,7 +162,9 @@ class ProcessLookup:
         owners: dict[int, ProcessInfo] = {}
         deadline = time.monotonic() + self.budget
         try:
-            pids = [int(p) for p in os.listdir(self.proc) if p.isdigit()]
+            # Newest first: a client that just connected is most often a recent process,
+            # and the budget may run out before the oldest ones.
+            pids = sorted((int(p) for p in os.listdir(self.proc) if p.isdigit()), reverse=True)
         except OSError:
             return owners
         for pid in pids[: self.max_pids]:

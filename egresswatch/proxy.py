@@ -28,6 +28,7 @@ Results for other addons are in ``flow.metadata["egresswatch"]``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
 import functools
 import ipaddress
@@ -36,7 +37,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls, udp, websocket
@@ -61,8 +61,6 @@ BLOCK_STATUS = 451
 #: how long a name resolved for judging stays cached, and how long a lookup may take
 _DNS_TTL = 60.0
 _DNS_TIMEOUT = 2.0
-#: how long a first request waits for its client's process lookup before going on without it
-_PROCESS_WAIT = 0.05
 
 
 class InspectorLike(Protocol):
@@ -71,7 +69,7 @@ class InspectorLike(Protocol):
     def inspect(self, obs: Observation) -> Decision: ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class AddonConfig:
     """The addon's own options, parsed once (see :func:`parse_options`)."""
 
@@ -433,13 +431,33 @@ class EgressWatch:
             return None
         return self._inspector.inspect(obs)
 
-    def _record(self, decision: Decision) -> None:
-        if self._sinks is not None:
+    def _record(self, decision: Decision, client: connection.Client | None = None) -> None:
+        if self._sinks is None:
+            return
+        fut = self._attr.get(client.id) if client is not None else None
+        if fut is None or fut.done() or decision.observation.client_pid is not None:
             self._sinks.record(decision)
+            return
+        # The process lookup is still running in its thread: the verdict did not wait for
+        # it, the record does (bounded by the lookup's own budget).
+        sinks = self._sinks
 
-    def _closed(self, event: FlowClosed) -> None:
-        if self._sinks is not None:
+        def record_when_known(done: asyncio.Future[ProcessInfo | None]) -> None:
+            proc = None if done.cancelled() or done.exception() else done.result()
+            sinks.record(_with_process(decision, proc))
+
+        fut.add_done_callback(record_when_known)
+
+    def _closed(self, event: FlowClosed, client: connection.Client | None = None) -> None:
+        if self._sinks is None:
+            return
+        fut = self._attr.get(client.id) if client is not None else None
+        if fut is None or fut.done():
             self._sinks.flow_closed(event)
+        else:
+            # after the deferred record above (callbacks run in the order they were added)
+            sinks = self._sinks
+            fut.add_done_callback(lambda _: sinks.flow_closed(event))
 
     async def _resolve(self, host: str | None) -> str | None:
         """An address to judge for a destination known only by name (regular/upstream mode)."""
@@ -479,17 +497,6 @@ class EgressWatch:
             return
         task = asyncio.ensure_future(asyncio.to_thread(self._procs.owner, addr, port))
         self._attr[client.id] = task
-
-    async def _process(self, client: connection.Client) -> ProcessInfo | None:
-        fut = self._attr.get(client.id)
-        if fut is None:
-            return None
-        if not fut.done():
-            try:
-                await asyncio.wait_for(asyncio.shield(fut), _PROCESS_WAIT)
-            except TimeoutError:
-                return None
-        return self._process_now(client)
 
     def _process_now(self, client: connection.Client) -> ProcessInfo | None:
         fut = self._attr.get(client.id)
@@ -564,7 +571,6 @@ class EgressWatch:
         host, port = server.address or (None, None)
         is_quic = server.transport_protocol == "udp" or client.transport_protocol == "udp"
         addr = await self._resolve(host)
-        await self._process(client)
         sni = data.client_hello.sni
         obs = Observation(
             sensor=Sensor.PROXY,
@@ -594,7 +600,7 @@ class EgressWatch:
             data.ignore_connection = True
         # Intercepted connections are recorded per request; record here what will not be.
         if blocked or passthrough or decision.verdict.label != "allow":
-            self._record(decision)
+            self._record(decision, client)
 
     def tls_start_client(self, data: tls.TlsData) -> None:
         if data.context.client.id in self._blocked_clients:
@@ -611,8 +617,6 @@ class EgressWatch:
         host = (flow.server_conn.address or (flow.request.host, 0))[0]
         if not _is_ip(host) and host not in self._dns:
             await self._resolve(host)
-        if flow.client_conn.id in self._attr:
-            await self._process(flow.client_conn)
         length = flow.request.headers.get("content-length")
         chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
         too_big = chunked or (
@@ -627,7 +631,7 @@ class EgressWatch:
         if decision is None:
             return
         if self._act(flow, decision):
-            self._record(decision)
+            self._record(decision, flow.client_conn)
             return
         # A large upload: stream it, holding back its first body_limit bytes until judged.
         flow.request.stream = _HeadHold(
@@ -640,7 +644,7 @@ class EgressWatch:
             return False
         flow.metadata[META] = _meta(decision)
         flow.metadata[META]["streamed"] = True
-        self._record(decision)
+        self._record(decision, flow.client_conn)
         if decision.verdict.enforced:
             flow.metadata[META]["blocked"] = True
             return True
@@ -660,7 +664,7 @@ class EgressWatch:
         if decision is None:
             return
         self._act(flow, decision)
-        self._record(decision)
+        self._record(decision, flow.client_conn)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if not flow.live or flow.response is None:
@@ -682,7 +686,8 @@ class EgressWatch:
                 bytes_in=0 if blocked else _body_len(resp),
                 duration=max(0.0, end - req.timestamp_start),
                 status=f"{resp.status_code}" + (" blocked" if blocked else ""),
-            )
+            ),
+            flow.client_conn,
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -703,7 +708,8 @@ class EgressWatch:
                 bytes_in=0,
                 duration=max(0.0, time.time() - req.timestamp_start),
                 status="blocked" if blocked else (flow.error.msg[:80] if flow.error else "error"),
-            )
+            ),
+            flow.client_conn,
         )
 
     # -- WebSocket -------------------------------------------------------------------------
@@ -721,7 +727,7 @@ class EgressWatch:
         decision = self._judge(obs)
         if decision is None:
             return
-        self._record(decision)
+        self._record(decision, flow.client_conn)
         if decision.verdict.enforced:
             message.drop()
 
@@ -739,7 +745,8 @@ class EgressWatch:
                 bytes_in=sum(len(m.content) for m in msgs if not m.from_client),
                 duration=max(0.0, time.time() - start),
                 status=f"ws {flow.websocket.close_code}",
-            )
+            ),
+            flow.client_conn,
         )
 
     # -- raw TCP / UDP ---------------------------------------------------------------------
@@ -766,7 +773,7 @@ class EgressWatch:
         if decision is None:
             return
         flow.metadata[META] = _meta(decision)
-        self._record(decision)
+        self._record(decision, flow.client_conn)
         if decision.verdict.enforced:
             flow.metadata[META]["blocked"] = True
             # mitmproxy's TCP layer opens the server connection right after this hook
@@ -781,7 +788,7 @@ class EgressWatch:
         if decision is None:
             return
         flow.metadata[META] = _meta(decision)
-        self._record(decision)
+        self._record(decision, flow.client_conn)
         quic = flow.server_conn.address is not None and flow.server_conn.address[1] == 443
         if decision.verdict.enforced or (quic and not self._cfg.allow_quic):
             flow.metadata[META]["blocked"] = True
@@ -823,8 +830,22 @@ class EgressWatch:
                 status="blocked"
                 if meta.get("blocked")
                 else (flow.error.msg[:80] if flow.error else "closed"),
-            )
+            ),
+            flow.client_conn,
         )
+
+
+def _with_process(decision: Decision, proc: ProcessInfo | None) -> Decision:
+    """The same decision (same id), its observation completed with the client's process."""
+    if proc is None:
+        return decision
+    obs = decision.observation
+    obs = dataclasses.replace(
+        obs, client_pid=proc.pid, client_process=proc.name, client_app=obs.client_app or proc.name
+    )
+    return dataclasses.replace(
+        decision, assessment=dataclasses.replace(decision.assessment, observation=obs)
+    )
 
 
 def _refusing_connection() -> Any:
@@ -844,9 +865,7 @@ def _body_len(resp: http.Response) -> int:
 
 
 def _replace_protocol(obs: Observation, protocol: Proto) -> Observation:
-    from dataclasses import replace
-
-    return replace(obs, protocol=protocol)
+    return dataclasses.replace(obs, protocol=protocol)
 
 
 def _build_from_options(opts: Any) -> tuple[InspectorLike, Sink]:

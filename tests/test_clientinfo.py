@@ -25,10 +25,31 @@ def test_owner_of_a_real_local_socket_is_this_process(family: int, addr: str) ->
     assert found.name == Path(f"/proc/{os.getpid()}/comm").read_text().strip()
 
 
-def test_unknown_socket_has_no_owner_and_rescans_are_throttled() -> None:
+def test_unknown_socket_has_no_owner_and_costs_no_scan() -> None:
     lookup = ProcessLookup()
     assert lookup.owner("127.0.0.1", 1) is None  # nothing bound there: no inode, no scan
     assert lookup.scans == 0
+
+
+def test_one_scan_serves_every_socket_that_existed_before_it() -> None:
+    lookup = ProcessLookup()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        clients = [socket.create_connection(server.getsockname()) for _ in range(3)]
+        try:
+            owners = [lookup.owner(*c.getsockname()) for c in clients]
+            assert [o.pid for o in owners if o] == [os.getpid()] * 3
+            assert lookup.scans == 1
+            late = socket.create_connection(server.getsockname())  # after the scan: rescans
+            try:
+                assert lookup.owner(*late.getsockname()).pid == os.getpid()  # type: ignore[union-attr]
+                assert lookup.scans == 2
+            finally:
+                late.close()
+        finally:
+            for c in clients:
+                c.close()
 
 
 def test_scan_is_bounded_by_process_count(tmp_path: Path) -> None:

@@ -417,3 +417,26 @@ def test_head_hold_property(body: bytes, cuts: list[int], limit: int, block: boo
     assert seen == [(body[:limit], len(body) > limit)]
     assert bytes(out) == (b"" if block else body)
     assert hold.total == len(body)
+
+
+async def test_record_waits_for_process_lookup_but_verdict_does_not() -> None:
+    import asyncio
+
+    from egresswatch.clientinfo import ProcessInfo
+
+    addon, sink, _tctx = make()
+    f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
+    pending: asyncio.Future[ProcessInfo | None] = asyncio.get_running_loop().create_future()
+    addon._attr[f.client_conn.id] = pending
+    await addon.requestheaders(f)
+    addon.request(f)
+    assert f.metadata["egresswatch"]["verdict"] == "allow"  # judged already
+    mitm.answer(f, b"{}")
+    addon.response(f)
+    assert sink.decisions == [] and sink.closed == []  # records wait for the lookup
+    pending.set_result(ProcessInfo(pid=4242, name="python3"))
+    await asyncio.sleep(0)
+    assert [d.observation.client_pid for d in sink.decisions] == [4242]
+    assert sink.decisions[0].observation.client_process == "python3"
+    assert sink.decisions[0].id == f.metadata["egresswatch"]["decision_id"]
+    assert [c.flow_id for c in sink.closed] == [f.id]  # and in order: decision, then close
