@@ -6,6 +6,7 @@ import base64
 import gzip
 import json
 import zlib
+from collections.abc import Mapping
 
 import brotli
 import pytest
@@ -28,12 +29,12 @@ def obs(
     method: str | None,
     path: str | None,
     host: str | None = None,
-    body: bytes | str | dict[str, object] | list[object] = b"",
+    body: bytes | str | Mapping[str, object] | list[object] = b"",
     headers: tuple[tuple[str, str], ...] = (),
     protocol: Protocol = Protocol.HTTPS,
     truncated: bool = False,
 ) -> Observation:
-    if isinstance(body, dict | list):
+    if isinstance(body, Mapping | list):
         data = json.dumps(body).encode()
         if not any(k == "content-type" for k, _ in headers):
             headers = (*headers, ("content-type", "application/json"))
@@ -57,7 +58,10 @@ def obs(
     )
 
 
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "Plan a 3 day trip to Rome."}]}
+CHAT: dict[str, object] = {
+    "model": "m",
+    "messages": [{"role": "user", "content": "Plan a 3 day trip to Rome."}],
+}
 WAV = b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 32
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 FORM = ("content-type", "application/x-www-form-urlencoded")
@@ -751,7 +755,7 @@ def _raw_deflate(data: bytes) -> bytes:
     ],
 )
 def test_encoded_bodies_are_decoded_first(coding: str, encoded: bytes) -> None:
-    headers = (("content-type", "application/json"),)
+    headers: tuple[tuple[str, str], ...] = (("content-type", "application/json"),)
     if coding:
         headers = (*headers, ("content-encoding", coding))
     result = classify(obs("POST", "/v1/chat/completions", "api.openai.com", encoded, headers))

@@ -573,11 +573,6 @@ def _field_kind_bytes(name: bytes) -> FindingKind | None:
     return kind
 
 
-def scan_json_text(text: str, where: str, out: Findings) -> None:
-    """:func:`scan_json` for text."""
-    scan_json(text.encode("utf-8", "replace"), where, out)
-
-
 def _norm_field(name: str) -> str:
     return name.lower().replace("_", "").replace("-", "").replace(" ", "")
 
