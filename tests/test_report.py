@@ -467,3 +467,45 @@ def test_egress_table_matches_the_store_query(store: Store) -> None:
 
     report = build_report(store, NOW - 24 * HOUR, NOW)
     assert list(report.egress) == egress_summary(store, FlowFilter(NOW - 24 * HOUR, NOW))
+
+
+def test_console_script_writes_the_html_report(store: Store, tmp_path: Path) -> None:
+    """The installed `egresswatch` entry point, as a user runs it, in a fresh process."""
+    import subprocess
+
+    from conftest import egresswatch_bin
+
+    out = tmp_path / "cli.html"
+    proc = subprocess.run(
+        [
+            egresswatch_bin(),
+            "report",
+            "--db",
+            store.url,
+            "--since",
+            str(NOW - 24 * HOUR),
+            "--until",
+            str(NOW),
+            "--format",
+            "html",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out} (html, 7 flows)" in proc.stderr
+    page = out.read_text()
+    assert '"flows":7' in page.replace(" ", "")
+    bad = subprocess.run(
+        [egresswatch_bin(), "report", "--since", "tomorrow-ish"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2 and "is not a time" in bad.stderr
+    assert "Traceback" not in bad.stderr
