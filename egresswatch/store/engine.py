@@ -30,6 +30,7 @@ from egresswatch.errors import StoreError
 from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
 
 if TYPE_CHECKING:
+    from egresswatch.store.retention import Retention
     from egresswatch.store.writer import StoreWriter
 
 ENV_VAR = "EGRESSWATCH_DB"
@@ -178,12 +179,15 @@ class Store:
         queue_size: int = 100_000,
         spill_path: str | os.PathLike[str] | None = None,
         node: str | None = None,
-        retention: Any = None,
+        retention: Retention | None = None,
     ) -> StoreWriter:
         """Start a :class:`~egresswatch.store.writer.StoreWriter` (a ``ports.Sink``) on this store.
 
         ``spill_path`` is the journal used while the database is unreachable;
-        by default a file next to the default database named after this URL.
+        by default ``<db file>.spill.jsonl`` for SQLite, else a file in the data
+        folder named after this URL. ``node`` names this sensor in a central
+        store (default: the host name). ``retention`` makes the writer prune by
+        itself (see :mod:`egresswatch.store.retention`).
         """
         from egresswatch.store.writer import StoreWriter
 
