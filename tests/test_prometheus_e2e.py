@@ -18,6 +18,7 @@ return data (so "empty" means "the threshold is not crossed", not "a wrong name"
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -31,7 +32,8 @@ import pytest
 import yaml
 from conftest import egresswatch_bin, is_root
 from helpers.geoip import build_lab_db
-from helpers.lab import INTERNET_V4, InternetLab, internet_lab
+from helpers.lab import INTERNET_V4, InternetLab, internet_lab, wait_for
+from helpers.pg import PgServer, why_no_postgres
 from helpers.prom import (
     PROMETHEUS,
     RULES,
@@ -92,6 +94,8 @@ class E2ELab:
     pki: LabPKI
     prom: Prometheus
     sensors: dict[str, subprocess.Popen[bytes]]
+    #: the one database both gateways write to (PostgreSQL when the Debian server is here)
+    store: str
 
     def curl(self, sensor: str, url: str, body: dict[str, Any]) -> tuple[int, str]:
         ca = self.tmp / sensor / "mitm" / "mitmproxy-ca-cert.pem"
@@ -132,7 +136,7 @@ def _prometheus_config(tmp: Path) -> Path:
 
 
 def _sensor_argv(
-    sensor: str, port: int, tmp: Path, db: Path, pki: LabPKI, net: InternetLab
+    sensor: str, port: int, tmp: Path, db: Path, pki: LabPKI, net: InternetLab, store: str
 ) -> list[str]:
     argv = [
         egresswatch_bin(), "run",
@@ -140,7 +144,7 @@ def _sensor_argv(
         "--metrics-listen", f"127.0.0.1:{METRICS[sensor]}",
         "--sensor-name", sensor,
         "--country-db", str(db), "--asn-db", str(db), "--geoip-dir", str(tmp),
-        "--db", f"sqlite:///{tmp / sensor / 'flows.db'}",
+        "--db", store,
         "--confdir", str(tmp / sensor / "mitm"),
         "--upstream-ca", str(pki.ca_cert),
         "--no-process-lookup",
@@ -155,12 +159,35 @@ def _sensor_argv(
     return argv
 
 
+@contextlib.contextmanager
+def _central_store(tmp: Path) -> Iterator[str]:
+    """One database for both gateways: a real PostgreSQL when the Debian server is here.
+
+    The server listens on the root namespace's loopback; the sensors in the gateway
+    namespace reach it through its Unix socket (a path, not bound to a network namespace),
+    so no lab traffic crosses into the host's network.
+    """
+    if why_no_postgres() is not None:
+        yield f"sqlite:///{tmp / 'central.db'}"
+        return
+    with PgServer(fsync=False) as server:
+        server.createdb("egresswatch")
+        url = f"postgresql+psycopg://postgres@/egresswatch?host={server.sock}&port={server.port}"
+        # migrate once before the sensors start (deploy/README.md: the central store)
+        res = subprocess.run(
+            [egresswatch_bin(), "db", "upgrade", "--db", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stdout + res.stderr
+        yield url
+
+
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
     tmp = tmp_path_factory.mktemp("prom-e2e")
     pki = make_pki(tmp / "pki", list(HOSTS), list(INTERNET_V4.values()))
     db = build_lab_db(tmp / "lab.mmdb")
-    with internet_lab("pe", hosts=HOSTS, v6=False) as net:
+    with _central_store(tmp) as store, internet_lab("pe", hosts=HOSTS, v6=False) as net:
         lab = net.lab
         lab.spawn(
             net.internet,
@@ -173,10 +200,12 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
         )  # fmt: skip
         sensors = {}
         for sensor, port in PROXY.items():
-            (tmp / sensor).mkdir()
+            # the data directory exists, as on an installed system (run with a PostgreSQL
+            # URL does not create it before opening its default alert log there)
+            (tmp / sensor / "data" / "egresswatch").mkdir(parents=True)
             proc = sensors[sensor] = lab.spawn(
                 net.gateway,
-                _sensor_argv(sensor, port, tmp, db, pki, net),
+                _sensor_argv(sensor, port, tmp, db, pki, net, store),
                 log=tmp / sensor / "egresswatch.log",
                 # each sensor its own data directory (pid and state files)
                 env={"XDG_DATA_HOME": str(tmp / sensor / "data"), "HOME": str(tmp / sensor)},
@@ -185,7 +214,7 @@ def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2ELab]:
             lab.wait_listen(net.gateway, METRICS[sensor], proc=proc, timeout=10)
         prom = Prometheus(_prometheus_config(tmp), tmp, port=PROM_PORT, ns=net.gateway)
         with prom:
-            yield E2ELab(net, tmp, pki, prom, sensors)
+            yield E2ELab(net, tmp, pki, prom, sensors, store)
 
 
 def _traffic(lab: E2ELab) -> None:
@@ -302,6 +331,29 @@ def test_operator_and_destination_country_answers(scraped: E2ELab) -> None:
     # the sensor variable's query: both gateways
     res = prom.query("group by (sensor) (egresswatch_build_info)")
     assert {s["metric"]["sensor"] for s in res} == set(PROXY)
+
+
+def test_both_gateways_record_to_one_database(scraped: E2ELab) -> None:
+    """The several-gateway layout: both sensors' decisions in the one central store."""
+    if not scraped.store.startswith("postgresql"):
+        pytest.skip(f"no PostgreSQL server here ({why_no_postgres()}); the store was SQLite")
+    from egresswatch.store import FlowFilter, open_store, query_flows
+
+    rows: list[Any] = []
+
+    def both() -> bool:
+        nonlocal rows
+        store = open_store(scraped.store, migrate=False)
+        try:
+            rows = list(query_flows(store, FlowFilter(services=("deepseek-api",)), limit=500))
+        finally:
+            store.close()
+        return {r.node for r in rows} >= set(PROXY)
+
+    assert wait_for(both, timeout=15, step=0.5), [(r.node, r.verdict) for r in rows]
+    verdicts = {(r.node, r.verdict) for r in rows if r.sensor == "proxy"}
+    assert ("e2e-monitor", "would-block") in verdicts and ("e2e-enforce", "block") in verdicts
+    assert all(r.country == "CN" for r in rows if r.sensor == "proxy")
 
 
 def test_sensor_down_fires_when_a_sensor_stops(scraped: E2ELab) -> None:
