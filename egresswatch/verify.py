@@ -1,0 +1,1001 @@
+"""``egresswatch verify -- CMD``: run a command where nothing can leave, and list what it tried.
+
+:func:`run_verify` builds two network namespaces for one run: the command's, whose
+only way out is a veth to the gateway's, where :mod:`egresswatch.verifylab` answers
+every attempt locally (DNS from a private pool, TCP through the transparent proxy
+or the raw recorder, the sniffer watching all of it). The gateway has no route to
+anywhere and forwarding off: nothing really leaves. Everything is removed again
+when the command ends, is killed or times out.
+
+:func:`aggregate` turns the gateway's records into one :class:`Destination` per
+(name or address, port, transport) and decides whether each was allowed: by the
+policy (only when one is given), an ``--allow`` pattern, or a profile from
+``data/profiles.toml``. The verdict is PASS when every destination was allowed.
+Renderers: :func:`to_json` (schema ``JSON_SCHEMA``), :func:`to_junit` (one test
+case per destination), :func:`to_markdown`, :func:`render_terminal`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from egresswatch.errors import ConfigError, EgressWatchError
+from egresswatch.runtime import Settings
+
+#: version of the JSON report; bumped on incompatible changes (docs/verify.md)
+SCHEMA_ID = "egresswatch-verify/1"
+#: command side and gateway side of the veth: link-local (RFC 3927), never routed
+CMD_ADDR, GW_ADDR, LINK_PREFIX = "169.254.77.2", "169.254.77.1", 30
+CMD_ADDR6, GW_ADDR6 = "fd65:7776::2", "fd65:7776::1"
+_COMMAND_SIDE = frozenset({CMD_ADDR, CMD_ADDR6})
+PROXY_PORT, DNS_PORT, RAW_PORT = 18080, 18053, 18099
+#: CA bundle variables honoured by OpenSSL, requests, curl and Node (their docs)
+CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
+#: proxy variables dropped from the command's environment: inside the namespace they
+#: would point at nothing, and every attempt is intercepted anyway
+PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
+#: payload types that say nothing about what was sent
+_OPAQUE = frozenset({"tls-opaque", "dns"})
+_PROTO_RANK = {"https": 5, "http": 4, "websocket": 4, "tls": 3, "quic": 3, "raw": 2, "dns": 1}
+
+
+class VerifyError(EgressWatchError):
+    """verify could not set up or run its namespaces (exit 4)."""
+
+    exit_code = 4
+
+
+# -- profiles --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """One thing a tool is known to contact, when, and how to stop it."""
+
+    hosts: tuple[str, ...]
+    payload: tuple[str, ...]
+    allow: bool
+    what: str
+    when: str = ""
+    opt_out: str = ""
+
+    def matches_host(self, host: str | None) -> bool:
+        return host_matches(host, self.hosts)
+
+    def covers(self, host: str | None, payload_type: str) -> bool:
+        return self.matches_host(host) and (not self.payload or payload_type in self.payload)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    id: str
+    name: str
+    expects: tuple[Expectation, ...]
+
+
+def load_profiles(path: Path | None = None) -> dict[str, Profile]:
+    """Profiles from ``path`` or the shipped ``data/profiles.toml``; ConfigError when malformed."""
+    if path is None:
+        text = resources.files("egresswatch").joinpath("data", "profiles.toml").read_text()
+        where = "profiles.toml"
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(e.strerror or str(e), path=str(path)) from e
+        where = str(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(e), path=where, line=getattr(e, "lineno", None)) from e
+    out: dict[str, Profile] = {}
+    for pid, body in (doc.get("profiles") or {}).items():
+        expects: list[Expectation] = []
+        for i, entry in enumerate(body.get("expect", [])):
+            fld = f"profiles.{pid}.expect[{i}]"
+            hosts = entry.get("hosts")
+            if (
+                not isinstance(hosts, list)
+                or not hosts
+                or not all(isinstance(h, str) for h in hosts)
+            ):
+                raise ConfigError(
+                    "'hosts' must be a non-empty list of names", path=where, field=fld
+                )
+            if not isinstance(entry.get("allow"), bool) or not isinstance(entry.get("what"), str):
+                raise ConfigError(
+                    "'allow' (true/false) and 'what' are required", path=where, field=fld
+                )
+            expects.append(
+                Expectation(
+                    hosts=tuple(h.lower() for h in hosts),
+                    payload=tuple(entry.get("payload", ())),
+                    allow=entry["allow"],
+                    what=e["what"],
+                    when=entry.get("when", ""),
+                    opt_out=entry.get("opt_out", ""),
+                )
+            )
+        out[pid] = Profile(pid, str(body.get("name", pid)), tuple(expects))
+    return out
+
+
+def host_matches(host: str | None, patterns: Iterable[str]) -> bool:
+    """``a.com`` covers itself and every name below it; ``*`` globs (``cdn-lfs*.x.co``)."""
+    if not host:
+        return False
+    host = host.lower().rstrip(".")
+    for p in patterns:
+        p = p.lower().rstrip(".")
+        if "*" in p:
+            if fnmatch.fnmatchcase(host, p):
+                return True
+        elif host == p or host.endswith("." + p):
+            return True
+    return False
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+@dataclass
+class Destination:
+    """Everything the command tried towards one (name or address, port, transport)."""
+
+    name: str | None
+    address: str | None
+    port: int | None
+    transport: str
+    protocol: str = "raw"
+    service: dict[str, Any] | None = None
+    address_country: str | None = None
+    payload_types: list[str] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    sensors: list[str] = field(default_factory=list)
+    count: int = 0
+    lookups: int = 0
+    first: float = 0.0
+    last: float = 0.0
+    first_bytes: str | None = None
+    policy: str | None = None
+    allowed_by: list[str] = field(default_factory=list)
+    explanations: list[str] = field(default_factory=list)
+
+    @property
+    def allowed(self) -> bool:
+        return bool(self.allowed_by)
+
+    @property
+    def label(self) -> str:
+        """``name:port/transport`` (or the address when there is no name)."""
+        return f"{self.name or self.address or '?'}:{self.port}/{self.transport}"
+
+
+@dataclass
+class VerifyReport:
+    command: list[str]
+    destinations: list[Destination]
+    started: float
+    finished: float
+    exit_status: int | None = None
+    timed_out: bool = False
+    profiles: list[str] = field(default_factory=list)
+    allow: list[str] = field(default_factory=list)
+    policy: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(d.allowed for d in self.destinations)
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def _primary(rec: dict[str, Any]) -> bool:
+    return rec.get("sensor") != "sniffer"
+
+
+def _name(rec: dict[str, Any]) -> str | None:
+    return rec.get("host") or rec.get("http_host") or rec.get("sni") or rec.get("dns_name")
+
+
+def aggregate(
+    records: Sequence[dict[str, Any]],
+    *,
+    allow: Sequence[str] = (),
+    profiles: Sequence[Profile] = (),
+    policy_given: bool = False,
+) -> list[Destination]:
+    """One Destination per target, with the allowance decided (see the module docstring).
+
+    The proxy and raw recorder are the primary witnesses; the sniffer's records add
+    only what they did not see (UDP other than DNS, TCP the proxy never got).
+    """
+    primary_ports = {(r.get("transport"), r.get("client_port")) for r in records if _primary(r)}
+    # Who owned each client socket, as any sensor found it: the raw recorder may look
+    # after a quick client closed, when the sniffer had already found it at the SYN.
+    owners: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("pid") is not None:
+            entry = {"pid": r["pid"], "name": r.get("process")}
+            seen = owners.setdefault((r.get("transport"), r.get("client_port")), [])
+            if entry not in seen:
+                seen.append(entry)
+    lookups: dict[str, int] = {}
+    by_key: dict[tuple[str, int | None, str], Destination] = {}
+    flows: dict[tuple[str, int | None, str], dict[str, set[str]]] = {}
+    for rec in sorted(records, key=lambda r: r.get("time") or 0.0):
+        proto = rec.get("protocol") or "raw"
+        if proto == "dns" or rec.get("dst_port") == 53:
+            if _primary(rec) and rec.get("dns_name"):
+                lookups[rec["dns_name"]] = lookups.get(rec["dns_name"], 0) + 1
+            continue
+        if not _primary(rec):
+            if (rec.get("transport"), rec.get("client_port")) in primary_ports:
+                continue
+            if rec.get("dst_addr") in _COMMAND_SIDE:
+                continue  # a flow the sniffer picked up from its reply: seen from the wrong end
+
+        name = _name(rec)
+        key = (name or rec.get("dst_addr") or "?", rec.get("dst_port"), rec.get("transport", "tcp"))
+        d = by_key.get(key)
+        if d is None:
+            d = by_key[key] = Destination(
+                name=name,
+                address=rec.get("dst_addr"),
+                port=rec.get("dst_port"),
+                transport=rec.get("transport", "tcp"),
+                first=rec.get("time") or 0.0,
+            )
+            flows[key] = {"hello": set(), "other": set()}
+        _merge(d, rec)
+        for proc in owners.get((rec.get("transport"), rec.get("client_port")), ()):
+            if proc not in d.processes:
+                d.processes.append(proc)
+        stage = "hello" if rec.get("stage") == "clienthello" else "other"
+        flows[key][stage].add(str(rec.get("flow_id")))
+    for key, d in by_key.items():
+        f = flows[key]
+        d.count = len(f["other"]) or len(f["hello"])
+        if d.name:
+            d.lookups = lookups.pop(d.name, 0)
+        if len(d.payload_types) > 1:
+            d.payload_types = [t for t in d.payload_types if t != "tls-opaque"]
+    # Names looked up but never connected to: the query itself left (to a resolver).
+    for name, n in lookups.items():
+        d = Destination(name=name, address=None, port=53, transport="udp", protocol="dns")
+        d.lookups = d.count = n
+        d.payload_types = ["dns"]
+        for rec in records:
+            if rec.get("dns_name") == name and _primary(rec):
+                d.first = d.first or rec.get("time") or 0.0
+                _merge(d, rec)
+        by_key[(name, 53, "dns")] = d
+    out = sorted(by_key.values(), key=lambda d: (d.first, d.label))
+    for d in out:
+        _judge(d, allow, profiles, policy_given)
+    return out
+
+
+def _merge(d: Destination, rec: dict[str, Any]) -> None:
+    proto = rec.get("protocol") or "raw"
+    if _PROTO_RANK.get(proto, 0) > _PROTO_RANK.get(d.protocol, 0):
+        d.protocol = proto
+    if d.name is None and _name(rec):
+        d.name = _name(rec)
+    if d.address is None and rec.get("dst_addr") and rec.get("protocol") != "dns":
+        d.address = rec["dst_addr"]
+    if d.service is None and rec.get("service"):
+        d.service = rec["service"]
+    if d.address_country is None and rec.get("address_country"):
+        d.address_country = rec["address_country"]
+    for t in rec.get("payload_types") or ():
+        if t not in d.payload_types:
+            d.payload_types.append(t)
+    for f in rec.get("findings") or ():
+        if f not in d.findings:
+            d.findings.append(f)
+    if rec.get("method") and len(d.requests) < 20:
+        line = f"{rec['method']} {rec.get('path') or '/'}"
+        if line not in d.requests:
+            d.requests.append(line)
+    if rec.get("pid") is not None:
+        proc = {"pid": rec["pid"], "name": rec.get("process")}
+        if proc not in d.processes:
+            d.processes.append(proc)
+    sensor = str(rec.get("sensor"))
+    if sensor not in d.sensors:
+        d.sensors.append(sensor)
+    if d.first_bytes is None and rec.get("first_bytes"):
+        d.first_bytes = rec["first_bytes"]
+    t = rec.get("time") or 0.0
+    d.first = min(d.first, t) if d.first else t
+    d.last = max(d.last, t)
+    label = (rec.get("policy") or {}).get("label")
+    if label and (d.policy is None or _SEVERITY.get(label, 0) > _SEVERITY.get(d.policy, 0)):
+        d.policy = label
+
+
+_SEVERITY = {"allow": 0, "alert": 1, "would-block": 2, "block": 2}
+
+
+def _judge(
+    d: Destination, allow: Sequence[str], profiles: Sequence[Profile], policy_given: bool
+) -> None:
+    names = [n for n in (d.name, d.address) if n]
+    for pattern in allow:
+        if any(host_matches(n, [pattern]) for n in names):
+            d.allowed_by.append(f"--allow {pattern}")
+            break
+    kinds = [t for t in d.payload_types if t not in _OPAQUE] or (
+        ["dns"] if d.protocol == "dns" else ["tls-opaque"] if d.payload_types else ["other"]
+    )
+    for profile in profiles:
+        relevant = [e for e in profile.expects if e.matches_host(d.name)]
+        if not relevant:
+            continue
+        if d.protocol == "dns":
+            ok = any(e.allow for e in relevant)
+        else:
+            ok = all(any(e.allow and e.covers(d.name, k) for e in relevant) for k in kinds)
+        if ok:
+            d.allowed_by.append(f"profile {profile.id}")
+        for e in relevant:
+            hit = d.protocol == "dns" or not e.payload or any(k in e.payload for k in kinds)
+            if not hit:
+                continue
+            text = f"{profile.name}: {e.what}"
+            if e.when:
+                text += f" ({e.when})"
+            if not e.allow and e.opt_out:
+                text += f". To stop it: {e.opt_out}"
+            elif e.allow:
+                text += " [expected]"
+            if text not in d.explanations:
+                d.explanations.append(text)
+    if policy_given and d.policy == "allow":
+        d.allowed_by.append("policy")
+
+
+# -- renderers -------------------------------------------------------------------------------
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds") if ts else None
+
+
+def destination_dict(d: Destination) -> dict[str, Any]:
+    return {
+        "name": d.name,
+        "address": d.address,
+        "port": d.port,
+        "transport": d.transport,
+        "protocol": d.protocol,
+        "service": d.service,
+        "operator_country": (d.service or {}).get("operator_country"),
+        "address_country": d.address_country,
+        "payload_types": d.payload_types,
+        "findings": d.findings,
+        "requests": d.requests,
+        "processes": d.processes,
+        "sensors": d.sensors,
+        "count": d.count,
+        "lookups": d.lookups,
+        "first": _iso(d.first),
+        "last": _iso(d.last),
+        "first_bytes": d.first_bytes,
+        "policy_verdict": d.policy,
+        "allowed": d.allowed,
+        "allowed_by": d.allowed_by,
+        "explanations": d.explanations,
+    }
+
+
+def to_json(report: VerifyReport) -> dict[str, Any]:
+    """The report as plain JSON (schema :data:`JSON_SCHEMA`, documented in docs/verify.md)."""
+    return {
+        "schema": SCHEMA_ID,
+        "verdict": report.verdict,
+        "command": report.command,
+        "exit_status": report.exit_status,
+        "timed_out": report.timed_out,
+        "started": _iso(report.started),
+        "finished": _iso(report.finished),
+        "duration_seconds": round(report.finished - report.started, 3),
+        "policy": report.policy,
+        "allow": report.allow,
+        "profiles": report.profiles,
+        "destinations": [destination_dict(d) for d in report.destinations],
+        "notes": report.notes,
+    }
+
+
+_STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
+_STRINGS: dict[str, Any] = {"type": "array", "items": {"type": "string"}}
+#: JSON Schema (draft 2020-12) of :func:`to_json`'s output
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "type": "object",
+    "required": [
+        "schema", "verdict", "command", "exit_status", "timed_out", "started", "finished",
+        "duration_seconds", "policy", "allow", "profiles", "destinations", "notes",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "verdict": {"enum": ["PASS", "FAIL"]},
+        "command": _STRINGS,
+        "exit_status": {"type": ["integer", "null"]},
+        "timed_out": {"type": "boolean"},
+        "started": {"type": "string"},
+        "finished": {"type": "string"},
+        "duration_seconds": {"type": "number"},
+        "policy": _STR_OR_NULL,
+        "allow": _STRINGS,
+        "profiles": _STRINGS,
+        "notes": _STRINGS,
+        "destinations": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [
+                    "name", "address", "port", "transport", "protocol", "service",
+                    "operator_country", "address_country", "payload_types", "findings",
+                    "requests", "processes", "sensors", "count", "lookups", "first", "last",
+                    "first_bytes", "policy_verdict", "allowed", "allowed_by", "explanations",
+                ],
+                "properties": {
+                    "name": _STR_OR_NULL,
+                    "address": _STR_OR_NULL,
+                    "port": {"type": ["integer", "null"]},
+                    "transport": {"enum": ["tcp", "udp"]},
+                    "protocol": {"type": "string"},
+                    "service": {
+                        "type": ["object", "null"],
+                        "required": ["id", "name", "operator", "operator_country"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "name": {"type": "string"},
+                            "operator": {"type": "string"},
+                            "operator_country": {"type": "string"},
+                        },
+                    },
+                    "operator_country": _STR_OR_NULL,
+                    "address_country": _STR_OR_NULL,
+                    "payload_types": _STRINGS,
+                    "findings": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["kind", "redacted", "where"],
+                            "properties": {
+                                "kind": {"type": "string"},
+                                "redacted": {"type": "string"},
+                                "where": {"type": "string"},
+                                "detail": _STR_OR_NULL,
+                            },
+                        },
+                    },
+                    "requests": _STRINGS,
+                    "processes": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["pid", "name"],
+                            "properties": {"pid": {"type": "integer"}, "name": _STR_OR_NULL},
+                        },
+                    },
+                    "sensors": _STRINGS,
+                    "count": {"type": "integer", "minimum": 0},
+                    "lookups": {"type": "integer", "minimum": 0},
+                    "first": _STR_OR_NULL,
+                    "last": _STR_OR_NULL,
+                    "first_bytes": _STR_OR_NULL,
+                    "policy_verdict": _STR_OR_NULL,
+                    "allowed": {"type": "boolean"},
+                    "allowed_by": _STRINGS,
+                    "explanations": _STRINGS,
+                },
+            },
+        },
+    },
+}  # fmt: skip
+
+
+def _summary(d: Destination) -> str:
+    svc = d.service or {}
+    parts = [
+        f"{d.protocol} {d.label}",
+        f"service {svc.get('name')} (operator in {svc.get('operator_country')})"
+        if svc
+        else "no catalogued service",
+        f"payload {', '.join(d.payload_types) or '-'}",
+        f"{d.count} attempt(s)",
+    ]
+    if d.findings:
+        parts.append("findings " + ", ".join(f"{f['kind']} {f['redacted']}" for f in d.findings))
+    if d.processes:
+        parts.append("by " + ", ".join(f"{p['name']}[{p['pid']}]" for p in d.processes))
+    return "; ".join(parts)
+
+
+def to_junit(report: VerifyReport) -> str:
+    """JUnit XML: one testsuite, one testcase per destination; a failure when not allowed."""
+    failures = sum(1 for d in report.destinations if not d.allowed)
+    suite = ET.Element(
+        "testsuite",
+        name="egresswatch verify",
+        tests=str(len(report.destinations)),
+        failures=str(failures),
+        errors="0",
+        skipped="0",
+        time=f"{report.finished - report.started:.3f}",
+        timestamp=_iso(report.started) or "",
+    )
+    props = ET.SubElement(suite, "properties")
+    ET.SubElement(props, "property", name="command", value=" ".join(report.command))
+    ET.SubElement(props, "property", name="verdict", value=report.verdict)
+    for d in report.destinations:
+        case = ET.SubElement(
+            suite, "testcase", classname=f"egress.{d.protocol}", name=d.label, time="0"
+        )
+        detail = _summary(d)
+        if d.explanations:
+            detail += "\n" + "\n".join(d.explanations)
+        if d.allowed:
+            ET.SubElement(
+                case, "system-out"
+            ).text = f"allowed by {', '.join(d.allowed_by)}\n{detail}"
+        else:
+            fail = ET.SubElement(
+                case, "failure", message=f"egress not allowed: {d.label}", type="egress"
+            )
+            fail.text = detail
+    ET.indent(suite)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _md(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(report: VerifyReport) -> str:
+    """A Markdown summary (a CI job summary or a pull-request comment)."""
+    icon = "✅" if report.passed else "❌"
+    lines = [
+        f"## egresswatch verify: {icon} {report.verdict}",
+        "",
+        f"Command: `{' '.join(report.command)}` (exit status {report.exit_status}"
+        + (", timed out" if report.timed_out else "")
+        + ")",
+        "",
+    ]
+    if not report.destinations:
+        lines.append("No egress was attempted.")
+    else:
+        lines += [
+            "| | Destination | Service (operator country) | Payload | Findings | Count "
+            "| Process | Allowed by |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for d in report.destinations:
+            svc = d.service or {}
+            lines.append(
+                "| "
+                + " | ".join(
+                    _md(x)
+                    for x in (
+                        "✅" if d.allowed else "❌",
+                        f"`{d.label}` {d.protocol}" + (f" ({d.address})" if d.address else ""),
+                        f"{svc.get('name')} ({svc.get('operator_country')})" if svc else "-",
+                        ", ".join(d.payload_types) or "-",
+                        ", ".join(f"{f['kind']} `{f['redacted']}`" for f in d.findings) or "-",
+                        d.count,
+                        ", ".join(f"{p['name']}[{p['pid']}]" for p in d.processes) or "-",
+                        ", ".join(d.allowed_by) or "not allowed",
+                    )
+                )
+                + " |"
+            )
+        notes = [(d.label, e) for d in report.destinations for e in d.explanations]
+        if notes:
+            lines += ["", "### Why, and how to stop it", ""]
+            lines += [f"- `{label}`: {_md(e)}" for label, e in notes]
+    for note in report.notes:
+        lines += ["", f"> {note}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_terminal(report: VerifyReport, console: Any) -> None:
+    """The report as a rich table on ``console``."""
+    from rich.table import Table
+
+    if report.destinations:
+        table = Table(title="Egress attempts", show_lines=False)
+        for col in (
+            "",
+            "destination",
+            "service (country)",
+            "payload",
+            "findings",
+            "n",
+            "process",
+            "allowed by",
+        ):
+            table.add_column(col)
+        for d in report.destinations:
+            svc = d.service or {}
+            table.add_row(
+                "[green]✓[/]" if d.allowed else "[red]✗[/]",
+                f"{d.protocol} {d.label}" + (f"\n{d.address}" if d.address else ""),
+                f"{svc.get('name')} ({svc.get('operator_country')})" if svc else "-",
+                ", ".join(d.payload_types) or "-",
+                "\n".join(f"{f['kind']} {f['redacted']}" for f in d.findings) or "-",
+                str(d.count),
+                "\n".join(f"{p['name']}[{p['pid']}]" for p in d.processes) or "-",
+                ", ".join(d.allowed_by) or "[red]no[/]",
+            )
+        console.print(table)
+        for d in report.destinations:
+            for e in d.explanations:
+                console.print(f"  {d.label}: {e}", markup=False, highlight=False)
+    else:
+        console.print("No egress was attempted.")
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
+    status = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    bad = sum(1 for d in report.destinations if not d.allowed)
+    console.print(
+        f"{status}: {len(report.destinations)} destination(s), {bad} not allowed; "
+        f"command exit status {report.exit_status}" + (" (timed out)" if report.timed_out else "")
+    )
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """What :func:`run_verify` needs; built by the command."""
+
+    command: tuple[str, ...]
+    settings: Settings = field(default_factory=lambda: Settings(store=False, metrics_listen=None))
+    allow: tuple[str, ...] = ()
+    profiles: tuple[Profile, ...] = ()
+    timeout: float | None = None
+    online: bool = False
+    confdir: Path = Path("~/.mitmproxy")
+    sniffer: bool = True
+    verbose: bool = False
+    #: how long after the command ends late packets are still collected
+    grace: float = 0.5
+
+
+def has_default_route() -> bool:
+    """True when the host has an IPv4 or IPv6 default route (a route table read; nothing sent)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
+            f = line.split()
+            if len(f) > 2 and f[1] == "00000000" and f[7] == "00000000":
+                return True
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
+            f = line.split()
+            if f and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo":
+                return True
+    return False
+
+
+def preflight(config: VerifyConfig) -> None:
+    """Refuse early, with a message that says what to do."""
+    if config.online:
+        if not has_default_route():
+            raise VerifyError(
+                "--online forwards allowed traffic to the internet, but this machine has no "
+                "route to it (no default route); run without --online to answer every "
+                "attempt locally"
+            )
+        raise VerifyError(
+            "--online forwarding is not available in this version; run without --online"
+        )
+    if os.geteuid() != 0:
+        raise VerifyError(_no_root_message())
+    for tool in ("ip", "nft", "setpriv"):
+        if shutil.which(tool) is None:
+            raise VerifyError(f"'{tool}' is not installed (Debian: iproute2, nftables, util-linux)")
+
+
+def _no_root_message() -> str:
+    userns = Path("/proc/sys/user/max_user_namespaces")
+    try:
+        allowed = int(userns.read_text().strip()) > 0
+    except (OSError, ValueError):
+        allowed = False
+    clone = Path("/proc/sys/kernel/unprivileged_userns_clone")
+    with contextlib.suppress(OSError, ValueError):
+        allowed = allowed and int(clone.read_text().strip()) == 1
+    if allowed:
+        return (
+            "verify needs root for its namespaces: run it with sudo (the command then runs "
+            "as you), or as root; this kernel allows unprivileged user namespaces, so "
+            "'unshare -rn --mount egresswatch verify ...' also works"
+        )
+    return (
+        "verify needs root for its namespaces: run it with sudo (the command then runs as "
+        "you) or as root; unprivileged user namespaces are disabled on this kernel"
+    )
+
+
+def _invoking_user() -> tuple[int, int, str] | None:
+    """(uid, gid, home) of the user behind sudo, when run through sudo as root."""
+    uid, gid = os.environ.get("SUDO_UID"), os.environ.get("SUDO_GID")
+    if os.geteuid() != 0 or not uid or not gid or not uid.isdigit() or uid == "0":
+        return None
+    try:
+        home = pwd.getpwuid(int(uid)).pw_dir
+    except KeyError:
+        home = "/"
+    return int(uid), int(gid), home
+
+
+def ca_bundle(ca: Path, dest: Path) -> Path:
+    """The system's trusted roots plus egresswatch's CA, in one PEM file clients can read."""
+    parts: list[str] = []
+    for cand in SYSTEM_BUNDLES:
+        with contextlib.suppress(OSError):
+            parts.append(Path(cand).read_text())
+            break
+    else:
+        with contextlib.suppress(ImportError, OSError):
+            import certifi
+
+            parts.append(Path(certifi.where()).read_text())
+    parts.append(ca.read_text())
+    dest.write_text("\n".join(p.rstrip() + "\n" for p in parts))
+    dest.chmod(0o644)
+    return dest
+
+
+def command_env(
+    base: dict[str, str], bundle: Path, user: tuple[int, int, str] | None
+) -> dict[str, str]:
+    """The command's environment: the CA bundle in every variable clients read, no proxies."""
+    env = {k: v for k, v in base.items() if k.lower() not in PROXY_VARS}
+    for var in CA_VARS:
+        env[var] = str(bundle)
+    if user is not None:
+        name = _user_name(user[0])
+        env.update(HOME=user[2], USER=name, LOGNAME=name)
+    return env
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def gateway_ruleset(table: str, iface: str) -> str:
+    """The gateway's one nftables table: everything from the command is answered here.
+
+    REDIRECT (nft ``redirect``) rewrites to the incoming interface's address; the
+    listeners bind every address. Forwarding is dropped: nothing passes the gateway.
+    """
+    return (
+        f"table inet {table} {{\n"
+        "    chain prerouting {\n"
+        "        type nat hook prerouting priority dstnat; policy accept;\n"
+        f'        iifname "{iface}" udp dport 53 redirect to :{DNS_PORT}\n'
+        f'        iifname "{iface}" tcp dport 53 redirect to :{RAW_PORT}\n'
+        f'        iifname "{iface}" tcp dport {{ 80, 443 }} redirect to :{PROXY_PORT}\n'
+        f'        iifname "{iface}" meta l4proto tcp redirect to :{RAW_PORT}\n'
+        "    }\n"
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy drop;\n"
+        "    }\n"
+        "}\n"
+    )
+
+
+def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
+    """Run ``config.command`` in a fresh namespace behind the verify gateway; return the report.
+
+    Raises VerifyError (setup, gateway start) and ConfigError (policy, catalog, GeoIP).
+    Namespaces, veths, the nft table, ``/etc/netns`` files, processes and the work
+    directory are removed before this returns or raises, also on SIGINT/SIGTERM.
+    """
+    from egresswatch import runtime
+    from egresswatch.commands.proxy import ensure_ca
+    from egresswatch.netns import NetnsSet
+
+    preflight(config)
+    runtime.build_inspector(config.settings)  # config errors before any namespace exists
+    ca = ensure_ca(config.confdir)
+    user = _invoking_user()
+    work = Path(tempfile.mkdtemp(prefix="egresswatch-verify-"))
+    work.chmod(0o755)
+    records_path = work / "records.jsonl"
+    restore = _terminate_as_interrupt()
+    started = time.time()
+    status: int | None = None
+    timed_out = False
+    notes: list[str] = []
+    try:
+        bundle = ca_bundle(ca, work / "ca-bundle.pem")
+        with NetnsSet("ewv") as lab:
+            cmd_ns, gw_ns = lab.netns("c"), lab.netns("g")
+            c_if, g_if = lab.veth(cmd_ns, "c", gw_ns, "g")
+            lab.addr(cmd_ns, f"{CMD_ADDR}/{LINK_PREFIX}", c_if)
+            lab.addr(gw_ns, f"{GW_ADDR}/{LINK_PREFIX}", g_if)
+            lab.addr(cmd_ns, f"{CMD_ADDR6}/64", c_if)
+            lab.addr(gw_ns, f"{GW_ADDR6}/64", g_if)
+            lab.route(cmd_ns, "default", "via", GW_ADDR)
+            lab.sh("ip", "-n", cmd_ns, "-6", "route", "add", "default", "via", GW_ADDR6)
+            host = os.uname().nodename
+            lab.etc(
+                cmd_ns,
+                {
+                    "resolv.conf": f"nameserver {GW_ADDR}\noptions timeout:2 attempts:1\n",
+                    "hosts": f"127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n",
+                },
+            )
+            lab.etc(
+                gw_ns, {"resolv.conf": "nameserver 127.0.0.1\n", "hosts": "127.0.0.1 localhost\n"}
+            )
+            lab.nft(gw_ns, gateway_ruleset(lab.tag, g_if), lab.tag)
+            # ethtool-free: the sniffer reassembles ClientHellos, offloads may stay on.
+            cfg = {
+                "records": str(records_path),
+                "iface": g_if,
+                "command_netns": f"/run/netns/{cmd_ns}",
+                "proxy_port": PROXY_PORT,
+                "dns_port": DNS_PORT,
+                "raw_port": RAW_PORT,
+                "confdir": str(config.confdir.expanduser()),
+                "sniffer": config.sniffer,
+                "verbose": config.verbose,
+                "policy": str(config.settings.policy) if config.settings.policy else None,
+                "catalogs": [str(p) for p in config.settings.catalogs],
+                "geoip_dir": _opt(config.settings.geoip_dir),
+                "country_db": _opt(config.settings.country_db),
+                "asn_db": _opt(config.settings.asn_db),
+                "geo_overrides": _opt(config.settings.geo_overrides),
+            }
+            (work / "gateway.json").write_text(json.dumps(cfg))
+            gw_log = (work / "gateway.log").open("wb")
+            gateway = lab.popen(
+                gw_ns,
+                [sys.executable, "-m", "egresswatch.verifylab", str(work / "gateway.json")],
+                stdout=subprocess.PIPE,
+                stderr=gw_log,
+                env=dict(os.environ),
+            )
+            _wait_ready(gateway, work / "gateway.log", timeout=60)
+            env = command_env(dict(os.environ), bundle, user)
+            try:
+                proc = lab.popen(
+                    cmd_ns,
+                    list(config.command),
+                    env=env,
+                    user=user[0] if user else None,
+                    group=user[1] if user else None,
+                )
+            except EgressWatchError as e:
+                raise VerifyError(str(e)) from e
+            try:
+                status = proc.wait(config.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                notes.append(
+                    f"the command did not finish within {config.timeout:g} s and was killed"
+                )
+                lab.stop(proc, timeout=2)
+                status = proc.returncode
+            # Whatever the command left running in its namespace goes now (daemons ...).
+            lab.kill_all(cmd_ns)
+            time.sleep(config.grace)
+            lab.stop(gateway)
+            gw_log.close()
+            if gateway.returncode not in (0, -signal.SIGTERM, None):
+                notes.append(f"the gateway exited with status {gateway.returncode}")
+            if status == 127 and not records_path.exists():
+                notes.append(f"the command could not be started: {config.command[0]}")
+        records = _read_records(records_path)
+    except KeyboardInterrupt:
+        raise VerifyError("interrupted; the namespaces and processes were removed") from None
+    finally:
+        restore()
+        if os.environ.get("EGRESSWATCH_VERIFY_KEEP"):  # debugging: keep the gateway's log
+            print(f"egresswatch verify: work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    report = VerifyReport(
+        command=list(config.command),
+        destinations=aggregate(
+            records,
+            allow=config.allow,
+            profiles=config.profiles,
+            policy_given=config.settings.policy is not None,
+        ),
+        started=started,
+        finished=time.time(),
+        exit_status=status,
+        timed_out=timed_out,
+        profiles=[p.id for p in config.profiles],
+        allow=list(config.allow),
+        policy=str(config.settings.policy) if config.settings.policy else None,
+        notes=notes,
+    )
+    return report
+
+
+def _opt(p: Path | None) -> str | None:
+    return str(p) if p is not None else None
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+    return out
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    """Wait for the gateway's READY line; VerifyError with its log when it fails."""
+    assert proc.stdout is not None
+    ready = threading.Event()
+    stdout = proc.stdout
+
+    def reader() -> None:
+        for line in iter(stdout.readline, b""):
+            if line.strip() == b"READY":
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=reader, daemon=True, name="verify-gateway-out").start()
+    if not ready.wait(timeout) or proc.poll() is not None:
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = log_path.read_text(errors="replace")[-2000:].strip()
+        raise VerifyError(f"the verify gateway did not start: {tail or 'no output'}")
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM (CI cancelling a job) unwinds like Ctrl-C, so teardown runs. Returns a restorer."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
