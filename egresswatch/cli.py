@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "status": ("egresswatch.commands.status", "status", "Is the monitor running, and how is it."),
     "ca": ("egresswatch.commands.ca", "ca", "Export the proxy's CA with install steps."),
     "gateway": ("egresswatch.commands.gateway", "gateway", "Lab gateway: nftables redirect."),
+    "verify": ("egresswatch.commands.verify", "verify", "Prove a command makes no calls home."),
 }
 
 
