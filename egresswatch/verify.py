@@ -131,7 +131,7 @@ def load_profiles(path: Path | None = None) -> dict[str, Profile]:
                     hosts=tuple(h.lower() for h in hosts),
                     payload=tuple(entry.get("payload", ())),
                     allow=entry["allow"],
-                    what=e["what"],
+                    what=entry["what"],
                     when=entry.get("when", ""),
                     opt_out=entry.get("opt_out", ""),
                 )

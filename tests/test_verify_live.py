@@ -1,0 +1,314 @@
+"""``egresswatch verify`` for real: real programs in real namespaces behind the real gateway.
+
+Each test runs the console script as root (namespaces, nftables). Nothing can reach
+the host's network: the gateway namespace verify builds has no route and drops
+forwarding; the programs below talk to names that only the gateway's pool answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+import pytest
+from conftest import egresswatch_bin, needs_root
+from helpers.verify import assert_schema
+
+pytestmark = needs_root
+
+PY = sys.executable
+#: a secret-looking prompt: findings must show up redacted, the prompt itself never
+PROMPT = "Summarise the contract for jane.doe@example.com, call +49 30 12345678"
+
+
+def leftovers() -> dict[str, list[str]]:
+    """Namespaces, /etc/netns entries and nft tables that a verify run would own."""
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    etc = Path("/etc/netns")
+    return {
+        "netns": sorted(line.split()[0] for line in ns.splitlines() if line.startswith("ewv")),
+        "etc": sorted(p.name for p in etc.iterdir() if p.name.startswith("ewv"))
+        if etc.exists()
+        else [],
+    }
+
+
+def marker_procs(marker: str) -> list[str]:
+    out = subprocess.run(["pgrep", "-af", marker], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "pgrep" not in line]
+
+
+@pytest.fixture(scope="module")
+def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("verify-ca")
+
+
+class Run:
+    def __init__(self, proc: subprocess.CompletedProcess[str], out: Path) -> None:
+        self.proc = proc
+        self.out = out
+        self.code = proc.returncode
+
+    @property
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.out / "report.json").read_text())
+        return data
+
+    @property
+    def junit(self) -> ET.Element:
+        return ET.parse(self.out / "report.xml").getroot()
+
+    @property
+    def markdown(self) -> str:
+        return (self.out / "report.md").read_text()
+
+    def dest(self, name: str, port: int | None = None) -> dict[str, Any]:
+        for d in self.json["destinations"]:
+            if d["name"] == name and (port is None or d["port"] == port):
+                return d
+        raise AssertionError(f"{name}:{port} not in {[x['name'] for x in self.json['destinations']]}")
+
+
+def verify(
+    tmp: Path,
+    confdir: Path,
+    program: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Run:
+    script = tmp / "program.py"
+    script.write_text(textwrap.dedent(program))
+    before = leftovers()
+    cmd = [
+        egresswatch_bin(), "verify", "--confdir", str(confdir),
+        "--json", str(tmp / "report.json"), "--junit", str(tmp / "report.xml"),
+        "--markdown", str(tmp / "report.md"), *args, "--", PY, str(script),
+    ]  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DO_NOT_TRACK"))}
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**base, **(env or {})}
+    )
+    assert leftovers() == before, "verify left namespaces or /etc/netns files behind"
+    run = Run(proc, tmp)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert_schema(run.json)
+    cases = run.junit.findall("testcase")
+    assert len(cases) == len(run.json["destinations"])
+    assert int(run.junit.get("failures", "-1")) == sum(
+        1 for d in run.json["destinations"] if not d["allowed"]
+    )
+    return run
+
+
+HF_PROGRAM = """
+    import os, sys
+    from huggingface_hub import hf_hub_download
+    try:
+        hf_hub_download("openai-community/gpt2", "config.json", cache_dir=sys.argv[0] + ".cache")
+    except Exception as e:
+        print("download failed:", type(e).__name__)
+    import time; time.sleep(1.0)  # let the telemetry thread, if any, send
+"""
+
+
+def test_huggingface_download_fails_and_names_the_hub(tmp_path: Path, confdir: Path) -> None:
+    run = verify(tmp_path, confdir, HF_PROGRAM, env={"HF_HOME": str(tmp_path / "hf")})
+    assert run.code == 1, run.proc.stdout
+    assert run.json["verdict"] == "FAIL"
+    hub = run.dest("huggingface.co", 443)
+    assert "model-download" in hub["payload_types"]
+    assert hub["service"]["id"].startswith("huggingface")
+    assert hub["protocol"] == "https"
+    assert hub["allowed"] is False
+    assert any(r.startswith(("HEAD", "GET")) and "/resolve/" in r for r in hub["requests"])
+    assert hub["processes"] and hub["processes"][0]["name"].startswith("python")
+    assert hub["lookups"] >= 1 and hub["address"].startswith("198.18.")
+    # The junit failure names the destination.
+    failed = [c.get("name") for c in run.junit.findall("testcase") if c.find("failure") is not None]
+    assert "huggingface.co:443/tcp" in failed
+
+
+def test_huggingface_profile_allows_downloads_and_explains(tmp_path: Path, confdir: Path) -> None:
+    run = verify(
+        tmp_path, confdir, HF_PROGRAM, "--profile", "huggingface",
+        env={"HF_HOME": str(tmp_path / "hf")},
+    )  # fmt: skip
+    hub = run.dest("huggingface.co", 443)
+    if "telemetry" in hub["payload_types"]:
+        assert hub["allowed"] is False
+        assert any("HF_HUB_DISABLE_TELEMETRY=1" in e for e in hub["explanations"])
+    else:
+        assert hub["allowed_by"] == ["profile huggingface"]
+        assert run.code == 0
+        assert any("[expected]" in e for e in hub["explanations"])
+
+
+def test_huggingface_offline_passes(tmp_path: Path, confdir: Path) -> None:
+    run = verify(
+        tmp_path, confdir, HF_PROGRAM,
+        env={"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.code == 0, run.proc.stdout
+    assert run.json["verdict"] == "PASS"
+    assert run.json["destinations"] == []
+    assert "download failed" in run.proc.stdout  # the program really ran, offline
+    assert run.junit.findall("testcase") == []
+
+
+LOOPBACK_PROGRAM = """
+    import json, threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    import httpx
+
+    class Model(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            body = json.dumps({"choices": [{"message": {"content": "hi"}}]}).encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *a):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Model)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    r = httpx.post(f"http://127.0.0.1:{srv.server_port}/v1/chat/completions",
+                   json={"model": "local", "messages": [{"role": "user", "content": "hello"}]})
+    print("local answer:", r.json()["choices"][0]["message"]["content"])
+"""
+
+
+def test_local_model_server_on_loopback_passes(tmp_path: Path, confdir: Path) -> None:
+    run = verify(tmp_path, confdir, LOOPBACK_PROGRAM)
+    assert "local answer: hi" in run.proc.stdout
+    assert run.code == 0
+    assert run.json["verdict"] == "PASS" and run.json["destinations"] == []
+    assert run.json["exit_status"] == 0
+
+
+DEEPSEEK_PROGRAM = f"""
+    from openai import OpenAI
+    client = OpenAI(base_url="https://api.deepseek.com", api_key="sk-verify0000000000000000000000", max_retries=0)
+    try:
+        client.chat.completions.create(
+            model="deepseek-chat", messages=[{{"role": "user", "content": {PROMPT!r}}}])
+    except Exception as e:
+        print("refused:", type(e).__name__, getattr(e, "status_code", None))
+"""
+
+
+def test_deepseek_chat_fails_cn_redacted(tmp_path: Path, confdir: Path) -> None:
+    run = verify(tmp_path, confdir, DEEPSEEK_PROGRAM)
+    assert run.code == 1
+    assert "refused: " in run.proc.stdout and "451" in run.proc.stdout
+    d = run.dest("api.deepseek.com", 443)
+    assert d["operator_country"] == "CN"
+    assert d["service"]["id"] == "deepseek-api"
+    assert "chat-prompt" in d["payload_types"]
+    kinds = {f["kind"] for f in d["findings"]}
+    assert {"email", "phone"} <= kinds, d["findings"]
+    for f in d["findings"]:
+        assert "jane.doe@example.com" not in f["redacted"]
+        assert "12345678" not in f["redacted"]
+    # The prompt and its secrets appear nowhere: not in any report, not on the terminal.
+    outputs = [
+        (tmp_path / n).read_text() for n in ("report.json", "report.xml", "report.md")
+    ] + [run.proc.stdout, run.proc.stderr]
+    for text in outputs:
+        assert "Summarise the contract" not in text
+        assert "jane.doe@example.com" not in text
+        assert "sk-verify0000" not in text
+    assert "CN" in run.markdown and "api.deepseek.com" in run.markdown
+
+
+RAW_PROGRAM = """
+    import socket
+    addr = socket.gethostbyname("telemetry.example.net")
+    s = socket.create_connection((addr, 7000), timeout=5)
+    s.sendall(b"HELLO raw protocol\\n")
+    try:
+        s.recv(10)
+    except OSError:
+        pass
+    s.close()
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.sendto(b"ping-udp", (socket.gethostbyname("metrics.example.org"), 8125))
+    import time; time.sleep(0.3)
+    print("sent", addr)
+"""
+
+
+def test_raw_tcp_recorded_with_name_and_first_bytes(tmp_path: Path, confdir: Path) -> None:
+    run = verify(tmp_path, confdir, RAW_PROGRAM, "--allow", "metrics.example.org")
+    assert run.code == 1
+    d = run.dest("telemetry.example.net", 7000)
+    assert d["transport"] == "tcp" and d["protocol"] == "raw"
+    assert d["address"].startswith("198.18.")
+    assert bytes.fromhex(d["first_bytes"]).startswith(b"HELLO raw")
+    assert d["count"] == 1
+    # UDP nobody answers is seen by the sniffer, tied to its name by the pool.
+    u = run.dest("metrics.example.org", 8125)
+    assert u["transport"] == "udp" and u["sensors"] == ["sniffer"]
+    assert u["allowed_by"] == ["--allow metrics.example.org"]
+
+
+def test_timeout_kills_everything(tmp_path: Path, confdir: Path) -> None:
+    marker = f"ewvmark{os.getpid()}"
+    program = f"""
+        import subprocess, time
+        subprocess.Popen(["sh", "-c", "sleep 300; : {marker}"], start_new_session=True)
+        time.sleep(300)
+    """
+    started = time.monotonic()
+    run = verify(tmp_path, confdir, program, "--timeout", "3")
+    assert time.monotonic() - started < 60
+    assert run.json["timed_out"] is True
+    assert run.code == 0  # no egress: PASS; the timeout is in the report
+    assert any("did not finish" in n for n in run.json["notes"])
+    assert marker_procs(marker) == []
+
+
+def test_sigterm_removes_everything(tmp_path: Path, confdir: Path) -> None:
+    marker = f"ewvterm{os.getpid()}"
+    flag = tmp_path / "started"
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import pathlib, subprocess, time
+        subprocess.Popen(["sh", "-c", "sleep 300; : {marker}"], start_new_session=True)
+        pathlib.Path({str(flag)!r}).write_text("x")
+        time.sleep(300)
+        """)
+    )
+    before = leftovers()
+    proc = subprocess.Popen(
+        [egresswatch_bin(), "verify", "--confdir", str(confdir), "--", PY, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert flag.exists(), proc.stderr.read() if proc.poll() is not None else "not started"
+        assert leftovers() != before  # the namespaces exist while it runs
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4
+    assert "interrupted" in err
+    assert leftovers() == before
+    assert marker_procs(marker) == []
