@@ -53,6 +53,8 @@ VERDICTS = ("allow", "alert", "would-block", "block")
 #: rows of the big egress table shown in text/markdown (JSON and HTML keep all)
 EGRESS_ROWS_SHOWN = 40
 RECENT_ALERTS = 20
+#: of which text and Markdown show (HTML and JSON keep all)
+RECENT_ALERTS_SHOWN = 10
 TOP_CLIENTS = 10
 
 
@@ -455,7 +457,21 @@ def renderables(report: Report) -> list[RenderableType]:
     for a in report.alerts:
         alerts.add_row(a.rule, a.severity, str(a.alerts), str(a.occurrences), str(a.undelivered))
     out.append(alerts)
+
+    recent = _table(
+        "Recent alerts", "time", "severity", "rule", "count", "client", "delivery", right=(3,)
+    )
+    for r in report.recent_alerts[:RECENT_ALERTS_SHOWN]:
+        recent.add_row(*_recent_cells(r))
+    out.append(recent)
     return out
+
+
+def _recent_cells(a: AlertRecord) -> tuple[str, str, str, str, str, str]:
+    delivery = f"{a.sink or ''} {a.delivery_state}".strip()
+    if a.last_error and a.delivery_state != "delivered":
+        delivery += f" ({a.last_error})"
+    return (_ts(a.ts), a.severity, a.rule, str(a.count), a.client_addr or "", delivery)
 
 
 def render_text(report: Report, width: int = 120) -> str:
@@ -555,6 +571,12 @@ def render_markdown(report: Report) -> str:
             ["rule", "severity", "alerts", "occurrences", "undelivered"],
             ((a.rule, a.severity, a.alerts, a.occurrences, a.undelivered) for a in report.alerts),
             right=(2, 3, 4),
+        ),
+        "## Recent alerts\n",
+        _md_table(
+            ["time", "severity", "rule", "count", "client", "delivery"],
+            (_recent_cells(a) for a in report.recent_alerts[:RECENT_ALERTS_SHOWN]),
+            right=(3,),
         ),
     ]
     return "\n".join(parts)
@@ -679,7 +701,7 @@ def render_html(report: Report) -> str:
                         a.count,
                         a.client_addr or "",
                         a.summary or "",
-                        f"{a.sink or ''} {a.delivery_state}".strip(),
+                        _recent_cells(a)[5],
                     )
                     for a in report.recent_alerts
                 ),

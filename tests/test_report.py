@@ -230,6 +230,10 @@ def test_text_render(report: Report) -> None:
     assert "ZZ (unknown)" in text
     for title in ("Top clients", "Findings by kind", "Alerts by rule", "Destination countries"):
         assert title in text
+    # recent alerts, newest first, with why a delivery failed
+    recent = text[text.index("Recent alerts") :]
+    assert re.search(r"watch-cn\s+1\s+webhook failed \(HTTP 500\)", recent), recent
+    assert re.search(r"no-cn\s+3\s+10\.0\.0\.1\s+webhook delivered", recent), recent
 
 
 def test_markdown_render(report: Report) -> None:
