@@ -188,3 +188,49 @@ def test_on_dns_reports_each_learned_address() -> None:
         30,
     )
     assert a.chain == ("m.example", "c.example")
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_ip_fragmented_dns_answer_is_reassembled(v6: bool, reverse: bool) -> None:
+    """A big EDNS0 answer split by IP (v4 fragments or the v6 Fragment header)."""
+    from scapy.layers.inet import IP, UDP, fragment
+    from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment, fragment6
+    from scapy.packet import Raw
+
+    addrs = [f"203.0.113.{i}" for i in range(1, 200)]
+    answer = dns_response("many.example", ("lb.example",), addrs, ttl=60)
+    assert len(answer) > 3000
+    if v6:
+        pkt = (
+            IPv6(src="2001:db8::53", dst="2001:db8::1")
+            / IPv6ExtHdrFragment(id=77)
+            / UDP(sport=53, dport=33002)
+            / Raw(answer)
+        )
+        frags = fragment6(pkt, 1280)
+    else:
+        pkt = IP(src=RES, dst="192.0.2.1", id=77) / UDP(sport=53, dport=33002) / Raw(answer)
+        frags = fragment(pkt, fragsize=1200)
+    rest = frags[1:][::-1] if reverse else frags[1:]
+    sn = Sniffer()
+    feed(sn, [bytes(frags[0]), *(bytes(f) for f in rest)], linktype=101)
+    assert sn.stats.fragments_reassembled == 1
+    res = sn.dns.lookup(raw("203.0.113.150"), 1001.0)
+    assert res is not None and res.chain == ("many.example", "lb.example")
+    assert sn.stats.dns_addresses_learned == len(addrs)
+
+
+def test_incomplete_fragments_expire_counted() -> None:
+    from scapy.layers.inet import IP, UDP, fragment
+    from scapy.packet import Raw
+
+    answer = dns_response("x.example", (), [f"203.0.113.{i}" for i in range(1, 200)])
+    frags = fragment(
+        IP(src=RES, dst="192.0.2.1", id=78) / UDP(sport=53, dport=33003) / Raw(answer),
+        fragsize=1200,
+    )
+    sn = Sniffer()
+    feed(sn, [bytes(frags[0])], linktype=101, t0=0.0)
+    feed(sn, [udp_packet("192.0.2.1", "203.0.113.5", 1, 2, b"x")], t0=10.0)
+    assert sn.stats.malformed["fragments-incomplete"] == 1

@@ -103,13 +103,20 @@ def tcp_seq(data: bytes, l4: int) -> int:
 
 
 class Fragment(NamedTuple):
-    """A non-first IP fragment: no transport header, attributed to its flow by (src, dst, id)."""
+    """A non-first IP fragment: no transport header, attributed to its flow by (src, dst, id).
+
+    ``offset`` is the fragment's place in the original transport payload (bytes),
+    ``more`` the more-fragments flag, ``start`` where its bytes begin in the frame.
+    """
 
     src: bytes
     dst: bytes
     proto: int
     ident: int
     length: int
+    offset: int = 0
+    more: bool = False
+    start: int = 0
 
 
 def link_offset(data: bytes, linktype: int) -> tuple[int, int, int] | str:
@@ -213,7 +220,7 @@ def decode(data: bytes, linktype: int) -> PacketTuple | Fragment | str:
             ident = data[off + 4] << 8 | data[off + 5]
             foff = (fw & 0x1FFF) * 8
             if foff:
-                return Fragment(src, dst, proto, ident, end - l4)
+                return Fragment(src, dst, proto, ident, end - l4, foff, bool(fw & 0x2000), l4)
             frag = (0, bool(fw & 0x2000), ident)
     elif et == ETH_IPV6:
         if n < off + 40:
@@ -244,7 +251,9 @@ def decode(data: bytes, linktype: int) -> PacketTuple | Fragment | str:
                 nxt = data[l4]
                 l4 += 8
                 if fo & 0xFFF8:
-                    return Fragment(src, dst, nxt, ident, max(0, end - l4))
+                    return Fragment(
+                        src, dst, nxt, ident, max(0, end - l4), fo & 0xFFF8, bool(fo & 1), l4
+                    )
                 if fo & 1:
                     frag = (0, True, ident)
                 proto = nxt

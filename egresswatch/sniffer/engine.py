@@ -126,6 +126,7 @@ class SnifferStats:
     #: malformed or truncated packets (and payloads) by reason
     malformed: Counter[str] = field(default_factory=Counter)
     fragments: int = 0
+    fragments_reassembled: int = 0
     flows_created: int = 0
     flows_finished: int = 0
     evictions: int = 0
@@ -148,6 +149,7 @@ class SnifferStats:
             "skipped": self.skipped,
             "malformed": dict(self.malformed),
             "fragments": self.fragments,
+            "fragments_reassembled": self.fragments_reassembled,
             "flows_created": self.flows_created,
             "flows_finished": self.flows_finished,
             "evictions": self.evictions,
@@ -190,6 +192,8 @@ class Sniffer:
         self.flows: dict[FlowKey, Flow] = {}
         #: first fragment's (src, dst, proto, id) -> flow, so later fragments count too
         self._frags: dict[tuple[bytes, bytes, int, int], tuple[Flow, bool]] = {}
+        #: UDP DNS datagrams being reassembled: key -> (offset -> bytes, first seen)
+        self._reasm: dict[tuple[bytes, bytes, int, int], tuple[dict[int, bytes], float]] = {}
         self._next_sweep = 0.0
         self.now = 0.0
 
@@ -257,7 +261,7 @@ class Sniffer:
                     else:
                         st.malformed[p] += 1
                 elif isinstance(p, Fragment):
-                    self._fragment(p)
+                    self._fragment(p, data, ts)
                 return
             # mypy cannot narrow on ``type(p) is tuple`` (Fragment is a tuple too)
             src, dst, proto, sport, dport, flags, l4, start, end, frag, vlan = p  # type: ignore[misc]
@@ -288,6 +292,10 @@ class Sniffer:
             if len(self._frags) > 4096:
                 self._frags.clear()
             self._frags[(src, dst, proto, frag[2])] = (f, outbound)
+            if frag[1] and proto == PROTO_UDP and (sport in DNS_PORTS or dport in DNS_PORTS):
+                # a large DNS answer (EDNS0, RFC 6891) split by IP: collect it (cheap, bounded)
+                self._start_reassembly((src, dst, proto, frag[2]), data[l4:end], ts)
+                return
         if (
             proto == PROTO_TCP
             and flags & (SYN | FIN | RST)
@@ -387,9 +395,10 @@ class Sniffer:
         f.state = "closed" if reason == "fin" else f.state
         f.parsing = False
 
-    def _fragment(self, frag: Fragment) -> None:
+    def _fragment(self, frag: Fragment, data: bytes, ts: float) -> None:
         self.stats.fragments += 1
-        entry = self._frags.get((frag.src, frag.dst, frag.proto, frag.ident))
+        key = (frag.src, frag.dst, frag.proto, frag.ident)
+        entry = self._frags.get(key)
         if entry is None:
             return
         f, outbound = entry
@@ -399,6 +408,36 @@ class Sniffer:
         else:
             f.pkts_in += 1
             f.bytes_in += frag.length
+        pending = self._reasm.get(key)
+        if pending is None:
+            return
+        parts = pending[0]
+        parts[frag.offset] = data[frag.start : frag.start + frag.length]
+        if not frag.more:
+            parts[-1] = b""  # marks that the last fragment is in; its offset ends the datagram
+        if -1 not in parts:
+            return
+        whole = bytearray()
+        for off in sorted(o for o in parts if o >= 0):
+            if off > len(whole):
+                return  # a hole: wait for the missing fragment
+            whole += parts[off][len(whole) - off :]
+        del self._reasm[key]
+        self.stats.fragments_reassembled += 1
+        if f.parsing and len(whole) > 8:
+            try:
+                self._udp_payload(f, bytes(whole[8:]), outbound, ts)
+            except Exception:
+                log.debug("parser error on reassembled datagram", exc_info=True)
+                self.stats.malformed["parser-error"] += 1
+
+    def _start_reassembly(
+        self, key: tuple[bytes, bytes, int, int], first: bytes, ts: float
+    ) -> None:
+        if len(self._reasm) >= 64:  # bounded: drop the oldest unfinished datagram
+            self._reasm.pop(next(iter(self._reasm)))
+            self.stats.malformed["fragments-incomplete"] += 1
+        self._reasm[key] = ({0: first}, ts)
 
     def sweep(self, now: float) -> None:
         """Finish flows that have been idle too long (and closed flows past their linger)."""
@@ -416,6 +455,10 @@ class Sniffer:
                 done.append(key)
         for key in done:
             self._finish(self.flows.pop(key), now, "idle")
+        stale = [k for k, (_, first) in self._reasm.items() if now - first > 5.0]
+        for k in stale:
+            del self._reasm[k]
+            self.stats.malformed["fragments-incomplete"] += 1
 
     def tick(self, now: float) -> None:
         """Advance the clock without a packet (live capture on a quiet link) and sweep."""
@@ -430,6 +473,8 @@ class Sniffer:
             self._finish(f, self.now, "end-of-capture")
         self.flows.clear()
         self._frags.clear()
+        self.stats.malformed["fragments-incomplete"] += len(self._reasm)
+        self._reasm.clear()
 
     def _finish(self, f: Flow, ts: float, reason: str) -> None:
         if f.end_reason is None:
