@@ -217,3 +217,23 @@ def test_with_policy_swaps_only_the_policy() -> None:
     d = other.inspect(_obs(http_host="api.openai.com"))
     assert d.verdict.would_block and d.verdict.label == "would-block"
     assert other.geo is inspector.geo and other.catalog is inspector.catalog
+
+
+def test_ids_are_unique_within_a_process_and_after_fork() -> None:
+    import os
+
+    from egresswatch.model import new_id
+
+    ids = {new_id() for _ in range(10_000)}
+    assert len(ids) == 10_000 and all(len(i) == 32 for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its next id and leave without running pytest's atexit
+        os.write(write, new_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    parent_next = new_id()
+    assert child_id[:20] != parent_next[:20]
+    assert child_id not in ids
