@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -194,14 +195,19 @@ class Monitor:
 
     # -- building ----------------------------------------------------------------------
 
-    def build(self) -> None:
-        """Load data and open the store, metrics and alerts; raises EgressWatchError."""
+    def build(self, *, check: bool = False) -> None:
+        """Load data and open the store, metrics and alerts; raises EgressWatchError.
+
+        ``check``: load and open everything but listen on nothing (``run --check`` next to
+        a running monitor must not fight it for the metrics port).
+        """
         from prometheus_client import CollectorRegistry
 
         from egresswatch import runtime
 
         c = self.config
-        check_not_running(c.pid_file())
+        if not check:
+            check_not_running(c.pid_file())
         if not c["proxy.enabled"] and not c["sniffer.interfaces"]:
             raise RunError(
                 "nothing to run: the proxy is disabled and no sniffer interface is configured"
@@ -220,7 +226,10 @@ class Monitor:
             from egresswatch.commands.proxy import ensure_ca
 
             self.ca = ensure_ca(c["proxy.confdir"])
-        self.sinks = runtime.build_sinks(self.settings, CollectorRegistry(), inspector)
+        settings = (
+            dataclasses.replace(self.settings, metrics_listen=None) if check else self.settings
+        )
+        self.sinks = runtime.build_sinks(settings, CollectorRegistry(), inspector)
 
     def _proxy_config(self) -> Any:
         from egresswatch.commands.proxy import ProxyConfig
@@ -443,14 +452,22 @@ class Monitor:
         p = self.config["policy.file"]
         return str(p) if p else "shipped default"
 
-    def banner(self) -> list[str]:
-        """Where everything is: proxy, CA and how to trust it, metrics, database, policy, GeoIP."""
+    def banner(self, *, check: bool = False) -> list[str]:
+        """Where everything is: proxy, CA and how to trust it, metrics, database, policy, GeoIP.
+
+        ``check``: the same report for ``run --check``, which starts nothing.
+        """
         from egresswatch.store.engine import default_url
 
         c, s = self.config, self.settings
         assert self.inspector is not None
         lines = [
-            f"egresswatch {_version()} running as sensor {s.sensor_name!r} (pid {os.getpid()})"
+            f"egresswatch {_version()} "
+            + (
+                f"configuration check for sensor {s.sensor_name!r}"
+                if check
+                else f"running as sensor {s.sensor_name!r} (pid {os.getpid()})"
+            )
         ]
         if c.path is not None:
             lines.append(f"Config: {c.path}")
@@ -489,7 +506,10 @@ class Monitor:
             + (f" (shipped + {catalogs})" if catalogs else " (shipped)")
         )
         lines += self._geoip_lines()
-        lines.append("Ready. SIGTERM/Ctrl-C stops cleanly; SIGHUP reloads policy and catalog.")
+        if check:
+            lines.append("Check passed: configuration, policy, catalog, GeoIP and database load.")
+        else:
+            lines.append("Ready. SIGTERM/Ctrl-C stops cleanly; SIGHUP reloads policy and catalog.")
         return lines
 
     def _geoip_lines(self) -> list[str]:

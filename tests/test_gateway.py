@@ -282,9 +282,13 @@ def test_client_behind_gateway_is_inspected_without_proxy_settings(tmp_path: Pat
                 str(geo),
                 "--metrics-listen",
                 "127.0.0.1:9721",
+                # the sniffer too, on the client side of the gateway: one process, two sensors
+                "-i",
+                net.client_iface,
             ],
             env,
         )
+        assert f"Sniffer: capturing on {net.client_iface}" in rp.output()
         ca = home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
         assert "Proxy: transparent on 0.0.0.0:8080" in rp.output()
         # The client has no proxy settings at all: its packets are redirected.
@@ -321,6 +325,13 @@ def test_client_behind_gateway_is_inspected_without_proxy_settings(tmp_path: Pat
         )
         assert row.client_addr == net.client_addr
         assert (row.service_id, row.operator_country) == ("openai-api", "US")
+        # The sniffer saw the same connection before NAT, by its ClientHello, and the
+        # supervisor flushed its open flows into the same store at SIGTERM.
+        sniffed = [r for r in flow_rows(db) if r.sensor == "sniffer" and r.sni == "api.openai.com"]
+        assert sniffed, [(r.sensor, r.host, r.dst_port) for r in flow_rows(db)]
+        assert {(r.dst_addr, r.dst_port, r.country) for r in sniffed} == {
+            (INTERNET_V4["us"], 443, "US")
+        }
         # Teardown: one delete, no table left, and the client now reaches the server itself
         # (so mitmproxy's CA no longer verifies the server's certificate).
         res = _in(net.gateway, egresswatch_bin(), "gateway", "teardown")

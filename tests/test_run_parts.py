@@ -203,3 +203,17 @@ def test_status_reads_pid_state_metrics_and_database(tmp_path: Path) -> None:
         cli, ["status", "--pid-file", str(pid_file)], env={"XDG_DATA_HOME": str(tmp_path / "x")}
     )
     assert result.exit_code == 1 and "not running" in result.stdout
+
+
+def test_check_loads_everything_and_starts_nothing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", "--check", "--metrics-listen", "127.0.0.1:9"])
+    assert result.exit_code == 0, result.output
+    assert "configuration check for sensor" in result.stderr
+    assert "Metrics: http://127.0.0.1:9/metrics" in result.stderr  # reported, not opened
+    assert result.stderr.rstrip().endswith("database load.")
+    assert not (tmp_path / "data/egresswatch/egresswatch.pid").exists()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('mode = "monitor"\napproved = ["XX-NOPE"]\n')
+    result = CliRunner().invoke(cli, ["run", "--check", "--policy", str(bad)])
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"egresswatch: error: {bad}:2")

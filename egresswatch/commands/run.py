@@ -150,9 +150,10 @@ def run(
 
     monitor = Monitor(conf, out=out, verbose=verbose)
     if check:
-        monitor.build()
+        monitor.build(check=True)
         try:
-            monitor.announce()
+            for line in monitor.banner(check=True):
+                out(line)
         finally:
             if monitor.sinks is not None:
                 monitor.sinks.close()
