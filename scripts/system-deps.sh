@@ -4,7 +4,7 @@
 # sniffer benchmark, curl as a real client, PostgreSQL and Prometheus for the sinks,
 # Chromium to render the HTML report. Only as root; otherwise says what is missing.
 set -euo pipefail
-pkgs=(iproute2 nftables ethtool libpcap0.8 tcpdump tshark curl postgresql prometheus chromium)
+pkgs=(iproute2 nftables procps ethtool libpcap0.8 tcpdump tshark curl postgresql prometheus chromium)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
