@@ -277,6 +277,10 @@ class Monitor:
         except SystemExit as e:  # mitmproxy's errorcheck exits on start-up errors
             if e.code not in (0, None):
                 self._failure = self._failure or self._proxy_start_error()
+        except EgressWatchError as e:  # a part failed while starting (capture, options)
+            self._failure = self._failure or str(e)
+        except Exception as e:  # a bug in a part: still one clear line, and a clean close
+            self._failure = self._failure or f"a part stopped unexpectedly: {type(e).__name__}: {e}"
         finally:
             self._shutdown_parts()
         if self._failure:

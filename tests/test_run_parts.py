@@ -217,3 +217,20 @@ def test_check_loads_everything_and_starts_nothing(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["run", "--check", "--policy", str(bad)])
     assert result.exit_code == 3
     assert result.stderr.startswith(f"egresswatch: error: {bad}:2")
+
+
+def test_metrics_port_in_use_is_one_line_exit_4(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            cli,
+            ["run", "--metrics-listen", f"127.0.0.1:{port}", "--listen", "127.0.0.1:1"],
+        )
+    assert result.exit_code == 4, result.output
+    assert result.stderr.startswith("egresswatch: error: ")
+    assert str(port) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "data/egresswatch/egresswatch.pid").exists()
