@@ -473,8 +473,9 @@ class Sniffer:
             self._finish(f, self.now, "end-of-capture")
         self.flows.clear()
         self._frags.clear()
-        self.stats.malformed["fragments-incomplete"] += len(self._reasm)
-        self._reasm.clear()
+        if self._reasm:
+            self.stats.malformed["fragments-incomplete"] += len(self._reasm)
+            self._reasm.clear()
 
     def _finish(self, f: Flow, ts: float, reason: str) -> None:
         if f.end_reason is None:
