@@ -103,7 +103,6 @@ class Flow(Base):
 
     __table_args__ = (
         Index("ux_flows_decision_id", "decision_id", unique=True),
-        Index("ix_flows_flow", "flow_id", "sensor"),
         Index("ix_flows_ts", "ts"),
     )
 

@@ -15,8 +15,11 @@ so every decision ends up in the database exactly once.
 
 A :class:`~egresswatch.model.FlowClosed` updates the latest row of its flow
 (``flow_id`` + ``sensor``) and zeroes the byte counts of that flow's earlier
-rows, so a sum over rows counts each byte once. When no row exists yet (the
-decision is still queued, spilled, or was dropped), the close waits in a
+rows, so a sum over rows counts each byte once. The writer remembers the
+decision ids of the flows it wrote (bounded), so a close is two updates by the
+unique ``decision_id`` index and ``flows`` needs no index on a second random
+key (which halved the insert rate, bench/store.py). When the writer knows no
+decision of the flow yet (still queued, or dropped), the close waits in a
 bounded table and is applied when the decision is inserted.
 """
 
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Connection, Table, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from egresswatch.model import Decision, FlowClosed
@@ -58,6 +61,9 @@ _FINDINGS = cast(Table, FindingRow.__table__)
 _DNS = cast(Table, DnsAnswerRow.__table__)
 FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
 
+#: flows whose decision ids the writer remembers for their close, at most; a close
+#: for a flow forgotten meanwhile waits like one that overtook its decision
+MAX_TRACKED_FLOWS = 200_000
 #: closes waiting for their decision row, at most (oldest are forgotten first)
 MAX_PENDING_CLOSES = 50_000
 #: seconds a close waits for its decision row before it is forgotten
@@ -158,6 +164,8 @@ class StoreWriter:
         self._replayed = 0
         self._failed = 0
         self._last_error: str | None = None
+        #: (flow_id, sensor) -> decision ids written for it, oldest first (for closes)
+        self._flows: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
         self._pending: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = OrderedDict()
         self._spilling = self._journal.pending > 0
         self._retry_at = 0.0
@@ -520,8 +528,9 @@ class StoreWriter:
                 if values is None:  # from the journal
                     flow = rec["flow"]
                     values = [flow.get(c) for c in FLOW_COLUMNS]
+                key = (values[1], values[3])  # flow_id, sensor
+                self._track(key, values[0])
                 if pending:
-                    key = (values[1], values[3])  # flow_id, sensor
                     waiting = pending.get(key)
                     if waiting is not None:
                         values = list(values)
@@ -542,40 +551,48 @@ class StoreWriter:
                 self._insert_many(conn, "findings", FINDING_COLUMNS, "decision_id, seq", findings)
             if dns:
                 conn.execute(insert(_DNS), dns)
-            if closes:
-                self._apply_closes(conn, closes)
+            closed = self._apply_closes(conn, closes) if closes else []
         for key in used:  # only now: a failed transaction must not lose a waiting close
             pending.pop(key, None)
+        for key in closed:
+            self._flows.pop(key, None)
         self._written += len(flows)
 
-    def _apply_closes(self, conn: Connection, closes: list[dict[str, Any]]) -> None:
-        keys = list(dict.fromkeys((c["flow_id"], c["sensor"]) for c in closes))
-        latest: dict[tuple[str, str], tuple[int, int]] = {}
-        for i in range(0, len(keys), 500):  # bounded IN lists for both engines
-            chunk = keys[i : i + 500]
-            stmt = (
-                select(Flow.flow_id, Flow.sensor, func.max(Flow.id), func.count())
-                .where(tuple_(Flow.flow_id, Flow.sensor).in_(chunk))
-                .group_by(Flow.flow_id, Flow.sensor)
-            )
-            for flow_id, sensor, max_id, n in conn.execute(stmt):
-                latest[(flow_id, sensor)] = (max_id, n)
+    def _track(self, key: tuple[str, str], decision_id: str) -> None:
+        """Remember which decisions a flow has, so its close needs no index on flow_id."""
+        ids = self._flows.get(key)
+        if ids is None:
+            self._flows[key] = [decision_id]
+            if len(self._flows) > MAX_TRACKED_FLOWS:
+                self._flows.popitem(last=False)  # the oldest flow: its close becomes pending
+        elif decision_id not in ids:
+            ids.append(decision_id)
+
+    def _apply_closes(
+        self, conn: Connection, closes: list[dict[str, Any]]
+    ) -> list[tuple[str, str]]:
+        """Set final counts on each flow's latest row, zero its earlier rows.
+
+        Rows are found by ``decision_id`` (unique index) through the decisions
+        this writer saw for the flow. Returns the flows to forget once committed.
+        """
         updates: list[dict[str, Any]] = []
         zero: list[dict[str, Any]] = []
+        done: list[tuple[str, str]] = []
         for c in closes:
             key = (c["flow_id"], c["sensor"])
-            found = latest.get(key)
-            if found is None:
+            ids = self._flows.get(key)
+            if not ids:
                 self._remember_close(key, c)
                 continue
-            updates.append({"_id": found[0], **_close_values(c)})
-            if found[1] > 1:
-                zero.append({"_fid": key[0], "_sensor": key[1], "_id": found[0]})
+            updates.append({"_did": ids[-1], **_close_values(c)})
+            zero.extend({"_did": did} for did in ids[:-1])
+            done.append(key)
         table = _FLOWS
         if updates:
             conn.execute(
                 update(table)
-                .where(table.c.id == bindparam("_id"))
+                .where(table.c.decision_id == bindparam("_did"))
                 .values(
                     bytes_out=bindparam("bytes_out"),
                     bytes_in=bindparam("bytes_in"),
@@ -588,14 +605,11 @@ class StoreWriter:
         if zero:
             conn.execute(
                 update(table)
-                .where(
-                    table.c.flow_id == bindparam("_fid"),
-                    table.c.sensor == bindparam("_sensor"),
-                    table.c.id < bindparam("_id"),
-                )
+                .where(table.c.decision_id == bindparam("_did"))
                 .values(bytes_out=0, bytes_in=0),
                 zero,
             )
+        return done
 
     def _remember_close(self, key: tuple[str, str], close: dict[str, Any]) -> None:
         now = time.monotonic()
