@@ -37,10 +37,17 @@ class Request(NamedTuple):
 
     @property
     def host(self) -> str | None:
+        """The Host header's host; else the authority of an absolute or CONNECT target
+        (RFC 9112 §3.2.2, §3.2.3: what a forward proxy is asked for)."""
         for k, v in self.headers:
             if k == "host":
                 return host_only(v)
-        return None
+        target = self.target
+        if "://" in target:
+            target = target.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]
+        elif self.method != "CONNECT":
+            return None
+        return host_only(target)
 
     def header_value(self, name: str) -> str | None:
         """First value of a header (name in lower case)."""
