@@ -222,6 +222,7 @@ def build_sinks(
             # Alerts are never silent: with no channel configured they go to a JSON-lines
             # log beside the database (or in the data folder for a server database).
             base = store.path or store.default_spill_path()
+            base.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             channels.append(alerting.LogChannel(base.with_name(base.name + ".alerts.jsonl")))
         alert_sink = alerting.AlertSink(channels) if channels else None
         if alert_sink is not None:
