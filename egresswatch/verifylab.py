@@ -521,17 +521,38 @@ def _complete(data: bytes) -> bool:
 # -- the process -----------------------------------------------------------------------------
 
 
-def _sniff(recorder: Recorder, iface: str, stop: threading.Event) -> None:
+def _sniff(
+    recorder: Recorder, iface: str, stop: threading.Event, ready: threading.Event
+) -> None:
     from egresswatch.sniffer.capture import LiveCapture
     from egresswatch.sniffer.engine import Sniffer
 
-    sniffer = Sniffer(recorder.inspect, None)
+    class FirstBytesSniffer(Sniffer):
+        """Keeps the datagram being judged, so raw UDP is recorded with its first bytes."""
+
+        pending = b""
+
+        def _udp_payload(self, f: Any, payload: bytes, outbound: bool, ts: float) -> None:
+            self.pending = payload if outbound else b""
+            try:
+                super()._udp_payload(f, payload, outbound, ts)
+            finally:
+                self.pending = b""
+
+    def judge(obs: Observation) -> Decision:
+        if obs.protocol is Protocol.RAW and sniffer.pending:
+            recorder.first_bytes[obs.flow_id] = sniffer.pending
+        return recorder.inspect(obs)
+
+    sniffer = FirstBytesSniffer(judge, None)
     cap = LiveCapture(sniffer, [iface])
     try:
         cap.open()
     except Exception as e:  # reported, the proxy side still works
         print(f"sniffer: {e}", file=sys.stderr, flush=True)
         return
+    finally:
+        ready.set()
     try:
         while not stop.is_set():
             cap.run(duration=0.5)
@@ -567,12 +588,17 @@ async def _serve(cfg: dict[str, Any]) -> None:
         owners,
         skip_clients=frozenset(cfg.get("skip_clients", ["127.0.0.1", "::1"])),
     )
-    stop = threading.Event()
+    stop, sniff_ready = threading.Event(), threading.Event()
     sniff = threading.Thread(
-        target=_sniff, args=(recorder, cfg["iface"], stop), name="verify-sniffer", daemon=True
+        target=_sniff,
+        args=(recorder, cfg["iface"], stop, sniff_ready),
+        name="verify-sniffer",
+        daemon=True,
     )
     if cfg.get("sniffer", True):
         sniff.start()
+    else:
+        sniff_ready.set()
 
     raw = RawRecorder(recorder)
     raw_server = await asyncio.start_server(raw.handle, host="0.0.0.0", port=cfg["raw_port"])
@@ -605,7 +631,11 @@ async def _serve(cfg: dict[str, Any]) -> None:
         await asyncio.sleep(0.05)
         if run.done():
             break
-        if _listening(cfg["proxy_port"], "tcp") and _listening(cfg["dns_port"], "udp"):
+        if (
+            sniff_ready.is_set()
+            and _listening(cfg["proxy_port"], "tcp")
+            and _listening(cfg["dns_port"], "udp")
+        ):
             print("READY", flush=True)
             break
     try:
