@@ -74,7 +74,8 @@ class Run:
         for d in self.json["destinations"]:
             if d["name"] == name and (port is None or d["port"] == port):
                 return d
-        raise AssertionError(f"{name}:{port} not in {[x['name'] for x in self.json['destinations']]}")
+        names = [x["name"] for x in self.json["destinations"]]
+        raise AssertionError(f"{name}:{port} not in {names}")
 
 
 def verify(
@@ -213,7 +214,8 @@ def test_local_model_server_on_loopback_passes(tmp_path: Path, confdir: Path) ->
 
 DEEPSEEK_PROGRAM = f"""
     from openai import OpenAI
-    client = OpenAI(base_url="https://api.deepseek.com", api_key="sk-verify0000000000000000000000", max_retries=0)
+    client = OpenAI(base_url="https://api.deepseek.com",
+                    api_key="sk-verify0000000000000000000000", max_retries=0)
     try:
         client.chat.completions.create(
             model="deepseek-chat", messages=[{{"role": "user", "content": {PROMPT!r}}}])
