@@ -341,3 +341,78 @@ def test_client_behind_gateway_is_inspected_without_proxy_settings(tmp_path: Pat
         assert res.returncode != 0 and "certificate" in res.stderr.lower()
         res = _in(net.client, *curl[:-1], "--cacert", str(pki.ca_cert), curl[-1])
         assert res.returncode == 0, res.stderr
+
+
+UDP_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print("READY", flush=True)
+with open(sys.argv[3], "a", buffering=1) as log:
+    while True:
+        data, peer = s.recvfrom(2048)
+        log.write(data.decode(errors="replace") + "\\n")
+"""
+
+
+def _send_udp(ns: str, addr: str, port: int, payload: str) -> None:
+    code = (
+        "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+        "[s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2]))) for _ in range(3)]"
+    )
+    res = _in(ns, sys.executable, "-c", code, addr, str(port), payload)
+    assert res.returncode == 0, res.stderr
+
+
+def _wait_lines(path: Path, want: str, timeout: float = 5.0) -> bool:
+    from helpers.lab import wait_for
+
+    return wait_for(lambda: path.exists() and want in path.read_text(), timeout)
+
+
+@lab_only
+@pytest.mark.root
+@pytest.mark.slow
+def test_dns_redirect_and_quic_drop_for_real(tmp_path: Path) -> None:
+    """--dns sends a query for any resolver to the gateway; --block-quic drops UDP/443."""
+    from helpers.lab import INTERNET_V4, internet_lab
+
+    us = INTERNET_V4["us"]
+    with internet_lab("gwu", v6=False) as net:
+        lab = net.lab
+        gw_dns, quic = tmp_path / "gw-dns.txt", tmp_path / "quic.txt"
+        lab.spawn(
+            net.gateway,
+            [sys.executable, "-c", UDP_SINK, "0.0.0.0", "5353", str(gw_dns)],
+            ready="READY",
+        )
+        lab.spawn(
+            net.internet, [sys.executable, "-c", UDP_SINK, us, "443", str(quic)], ready="READY"
+        )
+        lab.tables.append((net.gateway, "inet egresswatch"))
+        res = _in(
+            net.gateway,
+            egresswatch_bin(),
+            "gateway",
+            "setup",
+            "--lan",
+            net.client_iface,
+            "--block-quic",
+            "--dns",
+            "--dns-port",
+            "5353",
+        )
+        assert res.returncode == 0, res.stderr
+        # A query addressed to a resolver on the "internet" lands on the gateway's port 5353.
+        _send_udp(net.client, us, 53, "dns-query-1")
+        assert _wait_lines(gw_dns, "dns-query-1")
+        # QUIC to the server is dropped at the gateway...
+        _send_udp(net.client, us, 443, "quic-1")
+        assert not _wait_lines(quic, "quic-1", timeout=1.5)
+        res = _in(net.gateway, egresswatch_bin(), "gateway", "teardown")
+        assert res.returncode == 0, res.stderr
+        # ...and passes once the table is gone; DNS is no longer redirected.
+        _send_udp(net.client, us, 443, "quic-2")
+        assert _wait_lines(quic, "quic-2")
+        _send_udp(net.client, us, 53, "dns-query-2")
+        assert not _wait_lines(gw_dns, "dns-query-2", timeout=1.0)
