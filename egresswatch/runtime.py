@@ -20,7 +20,7 @@ from egresswatch.ports import FanOut, Sink
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-    from egresswatch.alerts import Alert, AlertSink
+    from egresswatch.alerts import AlertSink
     from egresswatch.metrics import Metrics, MetricsServer
     from egresswatch.policy import Policy
     from egresswatch.store import Store
@@ -119,7 +119,6 @@ class Sinks:
         if alerts is not None:
             parts.append(alerts)
         self._fan = FanOut(parts)
-        self._alert_ids: dict[str, int] = {}
 
     def record(self, decision: Decision) -> None:
         self._fan.record(decision)
@@ -137,43 +136,6 @@ class Sinks:
             self.server.close()
         if self.store is not None:
             self.store.close()
-
-    def _alert_state(self, alert: Alert) -> None:
-        """Record an alert and its delivery state in the store (runs on alert threads)."""
-        from egresswatch.store.queries import AlertRecord, insert_alert, update_alert
-
-        assert self.store is not None
-        key = f"{alert.id}:{alert.channel}"
-        row_id = self._alert_ids.get(key)
-        if row_id is None:
-            self._alert_ids[key] = insert_alert(
-                self.store,
-                AlertRecord(
-                    ts=alert.first,
-                    last_ts=alert.last,
-                    rule=alert.rule,
-                    severity=str(alert.severity),
-                    count=alert.count,
-                    decision_id=alert.decision_id,
-                    sensor=alert.sensor,
-                    client_addr=alert.client,
-                    service_id=alert.service,
-                    country=alert.country,
-                    summary=alert.summary,
-                    sink=alert.channel,
-                    delivery_state=str(alert.state),
-                ),
-            )
-            if len(self._alert_ids) > 10_000:  # bounded: forget the oldest
-                self._alert_ids.pop(next(iter(self._alert_ids)))
-        else:
-            update_alert(
-                self.store,
-                row_id,
-                delivery_state=str(alert.state),
-                count=alert.count,
-                last_ts=alert.last,
-            )
 
 
 def build_sinks(
@@ -207,17 +169,12 @@ def build_sinks(
             )
             started.append(writer)
             metrics.watch_store(lambda: writer.stats)
-        channels: list[alerting.Channel] = []
-        if settings.alert_log is not None:
-            channels.append(alerting.LogChannel(settings.alert_log))
-        if settings.alert_webhook:
-            channels.append(
-                alerting.WebhookChannel(
-                    settings.alert_webhook, format=settings.alert_webhook_format
-                )
-            )
-        if settings.alert_syslog:
-            channels.append(alerting.SyslogChannel())
+        channels = alerting.channels_from(
+            log=settings.alert_log,
+            webhook=settings.alert_webhook,
+            webhook_format=settings.alert_webhook_format,
+            syslog=settings.alert_syslog,
+        )
         if not channels and store is not None:
             # Alerts are never silent: with no channel configured they go to a JSON-lines
             # log beside the database (or in the data folder for a server database).
@@ -233,7 +190,7 @@ def build_sinks(
             server = prom.serve(registry, *settings.metrics_listen)
         sinks = Sinks(metrics, store=store, writer=writer, alerts=alert_sink, server=server)
         if alert_sink is not None and store is not None:
-            alert_sink.on_state(sinks._alert_state)
+            alert_sink.on_state(alerting.StoreAlertRecorder(store))
         return sinks
     except BaseException:
         for part in reversed(started):
