@@ -215,10 +215,16 @@ reason = "test: plain HTTP to port 80"
 def test_sighup_switches_to_enforce_without_dropping_a_connection(
     lab: Lab, ns: str, tmp_path: Path
 ) -> None:
-    policy = tmp_path / "policy.toml"
+    # The policy comes from a config file found through EGRESSWATCH_CONFIG, by a path
+    # relative to that file.
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    policy = etc / "policy.toml"
     policy.write_text(POLICY.format(mode="monitor"))
-    env = run_env(tmp_path)
-    rp = start_run(lab, ns, [egresswatch_bin(), "run", "--policy", str(policy)], env)
+    (etc / "egresswatch.toml").write_text('[policy]\nfile = "policy.toml"\n')
+    env = {**run_env(tmp_path), "EGRESSWATCH_CONFIG": str(etc / "egresswatch.toml")}
+    rp = start_run(lab, ns, [egresswatch_bin(), "run"], env)
+    assert f"Config: {etc / 'egresswatch.toml'}" in rp.output()
     assert "Policy: " + str(policy) + ", mode monitor" in rp.output()
 
     def session() -> dict[str, object]:
