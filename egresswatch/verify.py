@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -107,7 +108,10 @@ def load_profiles(path: Path | None = None) -> dict[str, Profile]:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(str(e), path=where, line=getattr(e, "lineno", None)) from e
+        # Python 3.12's TOMLDecodeError has no lineno yet (3.14 adds it): read the message.
+        found = re.search(r"line (\d+)", str(e))
+        line = getattr(e, "lineno", None) or (int(found.group(1)) if found else None)
+        raise ConfigError(str(e), path=where, line=line) from e
     out: dict[str, Profile] = {}
     for pid, body in (doc.get("profiles") or {}).items():
         expects: list[Expectation] = []
