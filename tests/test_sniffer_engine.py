@@ -266,3 +266,20 @@ def test_tick_ends_idle_flows_on_a_quiet_link() -> None:
     assert sink.closed == []
     sn.tick(106.0)
     assert [c.status for c in sink.closed] == ["idle"] and not sn.flows
+
+
+def test_port_reuse_after_close_is_a_new_flow() -> None:
+    insp = RecordingInspector()
+    sink = RecordingSink()
+    sn = Sniffer(insp.inspect, sink)
+    first = tcp_flow(
+        "192.0.2.1", "203.0.113.10", 46000, 443, tls_records(client_hello("one.example"))
+    )
+    second = tcp_flow(
+        "192.0.2.1", "203.0.113.10", 46000, 443, tls_records(client_hello("two.example"))
+    )
+    feed(sn, first + second)  # the second SYN comes within the closed flow's linger
+    sn.close()
+    assert [o.sni for o in insp.seen] == ["one.example", "two.example"]
+    assert [c.status for c in sink.closed] == ["fin", "fin"]
+    assert sn.stats.flows_created == 2

@@ -279,6 +279,10 @@ class Sniffer:
                 f, outbound = self._new_flow(proto, src, sport, dst, dport, flags, vlan, ts)
             else:
                 outbound = False
+        if f.end_reason is not None and proto == PROTO_TCP and flags & 0x12 == SYN:
+            # a new connection on a recently closed 5-tuple (port reuse): a new flow
+            self._finish(flows.pop(f.key), ts, f.end_reason)
+            f, outbound = self._new_flow(proto, src, sport, dst, dport, flags, vlan, ts)
         f.last = ts
         plen = end - start
         if outbound:
