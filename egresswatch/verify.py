@@ -66,6 +66,12 @@ class VerifyError(EgressWatchError):
     exit_code = 4
 
 
+class CommandNotFound(EgressWatchError):
+    """The command to verify does not exist or is not executable (a usage error)."""
+
+    exit_code = 2
+
+
 # -- profiles --------------------------------------------------------------------------------
 
 
@@ -840,6 +846,8 @@ def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
     from egresswatch.netns import NetnsSet
 
     preflight(config)
+    if shutil.which(config.command[0]) is None:
+        raise CommandNotFound(f"command not found: {config.command[0]}")
     runtime.build_inspector(config.settings)  # config errors before any namespace exists
     ca = ensure_ca(config.confdir)
     user = _invoking_user()

@@ -361,6 +361,16 @@ def test_preflight_without_root_says_what_to_do(monkeypatch: pytest.MonkeyPatch)
 
 
 @needs_root
+def test_missing_command_is_a_usage_error(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [egresswatch_bin(), "verify", "--confdir", str(tmp_path), "--", "no-such-program-x"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "command not found: no-such-program-x" in res.stderr
+
+
+@needs_root
 def test_not_root_is_a_clear_message(tmp_path: Path) -> None:
     # setpriv drops to nobody; the venv must be readable by it, else skip.
     probe = subprocess.run(
