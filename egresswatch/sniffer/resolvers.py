@@ -14,6 +14,7 @@ addresses are from each operator's documentation:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 #: DNS over TLS (RFC 7858 §3.1) and DNS over QUIC (RFC 9250 §4.1.1) port
@@ -59,8 +60,10 @@ DOH_ADDRESSES: dict[str, str] = {
 _RAW_ADDRESSES = {ipaddress.ip_address(a).packed: op for a, op in DOH_ADDRESSES.items()}
 
 
+@functools.lru_cache(maxsize=4096)
 def resolver_by_name(name: str | None) -> str | None:
-    """The operator if ``name`` (or a parent of it) is a known DoH resolver name."""
+    """The operator if ``name`` (or a parent of it) is a known DoH resolver name (memoised:
+    called for every named flow)."""
     while name:
         op = DOH_NAMES.get(name)
         if op:
