@@ -645,9 +645,9 @@ def parse_catalog(text: str, path: str = "<catalog>") -> ParsedCatalog:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_LINE_RE.search(str(e))
-        raise ConfigError(
-            f"not valid TOML: {e}", path=path, line=int(m.group(1)) if m else None
-        ) from None
+        # no "at line N": tomllib says "(at end of document)": name the last line with text
+        line = int(m.group(1)) if m else len(text.rstrip().splitlines()) or 1
+        raise ConfigError(f"not valid TOML: {e}", path=path, line=line) from None
     loc = _Locator(text)
     for key in data:
         if key not in ("schema", "lookalike", "service"):

@@ -762,7 +762,7 @@ def _t(text: str) -> str:
 # (id, text, line, field, fragment of the message)
 ERROR_CASES = [
     ("toml-syntax", 'approved = ["EU"\nmode = "monitor"\n', 2, None, "not valid TOML"),
-    ("toml-eof", "approved = [\n", None, None, "at the end of the file"),
+    ("toml-eof", "approved = [\n", 1, None, "at the end of the file"),
     (
         "unknown-top",
         'approved = ["EU"]\naproved = ["US"]\n',

@@ -56,7 +56,7 @@ def parse(text: str, source: str) -> dict[str, Any]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise _toml_error(e, source) from e
+        raise _toml_error(e, source, last_line=len(text.rstrip().splitlines()) or 1) from e
     return _Builder(data, _Locator(text), source).build()
 
 
@@ -150,8 +150,13 @@ def _key_pattern(key: str) -> str:
     )
 
 
-def _toml_error(e: tomllib.TOMLDecodeError, source: str) -> ConfigError:
-    """tomllib puts the position in its message: '... (at line 3, column 7)'."""
+def _toml_error(
+    e: tomllib.TOMLDecodeError, source: str, last_line: int | None = None
+) -> ConfigError:
+    """tomllib puts the position in its message: '... (at line 3, column 7)', or
+    '(at end of document)' when the text ends inside a value or key (then the error is
+    reported on ``last_line``, the last line with text: issue #8 wants a line for every
+    error)."""
     msg = str(e)
     m = re.search(r"\(at line (\d+), column \d+\)$", msg)
     line = int(m.group(1)) if m else None
@@ -159,6 +164,7 @@ def _toml_error(e: tomllib.TOMLDecodeError, source: str) -> ConfigError:
         msg = msg[: m.start()].rstrip()
     elif msg.endswith("(at end of document)"):
         msg = msg.removesuffix("(at end of document)").rstrip() + " at the end of the file"
+        line = last_line
     return ConfigError(f"not valid TOML: {msg}", path=source, line=line)
 
 
