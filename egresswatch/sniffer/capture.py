@@ -10,7 +10,6 @@ never silent. scapy and socket errors become :class:`CaptureError`.
 from __future__ import annotations
 
 import contextlib
-import os
 import select
 import socket
 import struct
@@ -307,14 +306,3 @@ def _grow_buffer(sock: socket.socket, size: int) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def has_capture_permission() -> bool:
-    """True if this process may open AF_PACKET sockets (root or CAP_NET_RAW)."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        socket.socket(socket.AF_PACKET, socket.SOCK_RAW).close()
-    except PermissionError:
-        return False
-    return True

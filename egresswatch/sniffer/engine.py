@@ -820,12 +820,6 @@ class Sniffer:
             bytes_in=f.bytes_in,
         )
 
-    # -- queries ----------------------------------------------------------------------------
-
-    def flow_summaries(self) -> list[FlowSummary]:
-        """Summaries of the flows currently in the table (for live status output)."""
-        return [FlowSummary.of(f) for f in self.flows.values()]
-
 
 def _server_side(sport: int, dport: int) -> bool:
     """Guess whether the sender of a flow's first seen packet is the server (by its port).
