@@ -54,6 +54,9 @@ CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_
 #: proxy variables dropped from the command's environment: inside the namespace they
 #: would point at nothing, and every attempt is intercepted anyway
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+#: set in the environment of verify re-run inside a user namespace (see run_in_userns);
+#: "force" outside makes root take that path too (tests)
+USERNS_ENV = "EGRESSWATCH_VERIFY_USERNS"
 SYSTEM_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 #: payload types that say nothing about what was sent
 _OPAQUE = frozenset({"tls-opaque", "dns"})
@@ -752,14 +755,73 @@ def _no_root_message() -> str:
         allowed = allowed and int(clone.read_text().strip()) == 1
     if allowed:
         return (
-            "verify needs root for its namespaces: run it with sudo (the command then runs "
-            "as you), or as root; this kernel allows unprivileged user namespaces, so "
-            "'unshare -rn --mount egresswatch verify ...' also works"
+            "verify needs root for its namespaces, and unprivileged user namespaces did not "
+            "work here (unshare --user --map-root-user --net failed; a security module may "
+            "restrict them): run it with sudo (the command then runs as you) or as root"
         )
     return (
         "verify needs root for its namespaces: run it with sudo (the command then runs as "
         "you) or as root; unprivileged user namespaces are disabled on this kernel"
     )
+
+
+def userns_works() -> bool:
+    """True when this user can make a user namespace with its own network (unshare -rn)."""
+    if shutil.which("unshare") is None:
+        return False
+    try:
+        res = subprocess.run(
+            ["unshare", "--user", "--map-root-user", "--net", "--mount", "true"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return res.returncode == 0
+
+
+def run_in_userns(argv: Sequence[str]) -> int:
+    """Run ``egresswatch ARGV`` again inside a new user+network+mount namespace; its exit code.
+
+    Inside, the process is root of namespaces it owns (user_namespaces(7)): it can make
+    network namespaces, veths and nftables tables there, and nothing it does reaches the
+    host's network, which it cannot even see.
+    """
+    cmd = [
+        "unshare", "--user", "--map-root-user", "--net", "--mount", "--propagation", "private",
+        "--", sys.executable, "-m", "egresswatch", *argv,
+    ]  # fmt: skip
+    env = {**os.environ, USERNS_ENV: "inside"}
+    try:
+        return subprocess.run(cmd, env=env).returncode
+    except KeyboardInterrupt:
+        return 4
+
+
+def _userns_mounts(work: Path) -> bool:
+    """Inside our own user+mount namespace: private /run/netns (and /etc/netns) for ip-netns.
+
+    Returns True when /etc/netns is usable; else the command's resolv.conf is bound over
+    /etc/resolv.conf of this private mount namespace (only verify and its children see it).
+    """
+
+    def mount(*args: str) -> None:
+        res = subprocess.run(["mount", *args], capture_output=True, text=True)
+        if res.returncode != 0:
+            raise VerifyError(f"mount {' '.join(args)}: {res.stderr.strip()}")
+
+    runns = Path("/run/netns")
+    if not runns.is_dir():
+        mount("-t", "tmpfs", "tmpfs", "/run")
+        runns.mkdir()
+    mount("-t", "tmpfs", "tmpfs", str(runns))
+    if Path("/etc/netns").is_dir():
+        mount("-t", "tmpfs", "tmpfs", "/etc/netns")
+        return True
+    resolv = work / "resolv.conf"
+    resolv.write_text(f"nameserver {GW_ADDR}\noptions timeout:2 attempts:1\n")
+    mount("--bind", str(resolv), "/etc/resolv.conf")
+    return False
 
 
 def _invoking_user() -> tuple[int, int, str] | None:
@@ -861,6 +923,10 @@ def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
     notes: list[str] = []
     try:
         bundle = ca_bundle(ca, work / "ca-bundle.pem")
+        etc_ok = True
+        if os.environ.get(USERNS_ENV) == "inside":
+            etc_ok = _userns_mounts(work)
+            notes.append("ran in an unprivileged user namespace")
         with NetnsSet("ewv") as lab:
             cmd_ns, gw_ns = lab.netns("c"), lab.netns("g")
             c_if, g_if = lab.veth(cmd_ns, "c", gw_ns, "g")
@@ -871,18 +937,14 @@ def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
             lab.route(cmd_ns, "default", "via", GW_ADDR)
             lab.sh("ip", "-n", cmd_ns, "-6", "route", "add", "default", "via", GW_ADDR6)
             host = os.uname().nodename
-            lab.etc(
-                cmd_ns,
-                {
+            if etc_ok:
+                cmd_etc = {
                     "resolv.conf": f"nameserver {GW_ADDR}\noptions timeout:2 attempts:1\n",
                     "hosts": f"127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n",
-                },
-            )
-            lab.etc(
-                gw_ns, {"resolv.conf": "nameserver 127.0.0.1\n", "hosts": "127.0.0.1 localhost\n"}
-            )
+                }
+                lab.etc(cmd_ns, cmd_etc)
+                lab.etc(gw_ns, {"resolv.conf": "nameserver 127.0.0.1\n", "hosts": cmd_etc["hosts"]})
             lab.nft(gw_ns, gateway_ruleset(lab.tag, g_if), lab.tag)
-            # ethtool-free: the sniffer reassembles ClientHellos, offloads may stay on.
             cfg = {
                 "records": str(records_path),
                 "iface": g_if,

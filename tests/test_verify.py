@@ -361,6 +361,32 @@ def test_preflight_without_root_says_what_to_do(monkeypatch: pytest.MonkeyPatch)
 
 
 @needs_root
+def test_unprivileged_user_namespace_path(tmp_path: Path) -> None:
+    """The path taken without root (unshare -rn), forced here: same report, nothing left."""
+    if not v.userns_works():
+        pytest.skip("user namespaces are not available on this kernel")
+    out = tmp_path / "r.json"
+    def ours() -> list[str]:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        return [line for line in out.splitlines() if line.startswith("ewv")]
+
+    before = ours()
+    res = subprocess.run(
+        [egresswatch_bin(), "verify", "--confdir", str(tmp_path / "ca"), "--json", str(out),
+         "--", "bash", "-c", "getent hosts stats.vllm.ai; echo hi >/dev/tcp/stats.vllm.ai/9"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, v.USERNS_ENV: "force"},
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    doc = json.loads(out.read_text())
+    assert "ran in an unprivileged user namespace" in doc["notes"]
+    [d] = doc["destinations"]
+    assert (d["name"], d["port"], d["address"][:7]) == ("stats.vllm.ai", 9, "198.18.")
+    assert bytes.fromhex(d["first_bytes"]) == b"hi\n"
+    assert ours() == before
+
+
+@needs_root
 def test_missing_command_is_a_usage_error(tmp_path: Path) -> None:
     res = subprocess.run(
         [egresswatch_bin(), "verify", "--confdir", str(tmp_path), "--", "no-such-program-x"],

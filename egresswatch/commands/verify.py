@@ -8,6 +8,7 @@ Exit 0 PASS, 1 FAIL, 2 usage, 3 config/data, 4 setup/runtime (see docs/verify.md
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,11 @@ def verify(**params: Any) -> None:
     """
     from egresswatch import verify as v
 
+    # Without root, try again as root of our own user+network namespace (unshare -rn).
+    marker = os.environ.get(v.USERNS_ENV)
+    wanted = (os.geteuid() != 0 and marker is None) or marker == "force"
+    if wanted and v.userns_works():
+        raise SystemExit(v.run_in_userns(sys.argv[1:]))
     console = Console(stderr=False)
     settings = Settings(
         policy=params["policy"],
