@@ -113,19 +113,41 @@ class SharedSink:
 
 
 class InFlight:
-    """mitmproxy addon: HTTP requests between their headers and their answer (or error)."""
+    """mitmproxy addon: HTTP requests between their headers and their answer (or error).
+
+    While draining (after SIGTERM), answers carry ``Connection: close`` (RFC 9112 section
+    9.6), so a keep-alive client finishes the request it sent and then goes away instead
+    of keeping the drain busy with new requests until the grace time runs out.
+    """
 
     def __init__(self) -> None:
         self._flows: dict[str, float] = {}
+        self._draining = False
 
     def requestheaders(self, flow: Any) -> None:
         self._flows[flow.id] = time.monotonic()
 
+    def responseheaders(self, flow: Any) -> None:
+        self._close_after(flow)
+
     def response(self, flow: Any) -> None:
+        self._close_after(flow)
         self._flows.pop(flow.id, None)
 
     def error(self, flow: Any) -> None:
         self._flows.pop(flow.id, None)
+
+    def _close_after(self, flow: Any) -> None:
+        if (
+            self._draining
+            and flow.response is not None
+            and flow.request.http_version
+            in (
+                "HTTP/1.1",
+                "HTTP/1.0",
+            )
+        ):
+            flow.response.headers["connection"] = "close"
 
     def _count(self) -> int:
         return len(self._flows)
@@ -388,16 +410,23 @@ class Monitor:
             await asyncio.to_thread(self.sniff.stop)
         if self.master is None:
             return
+        self.inflight._draining = True
         ps = self.master.addons.get("proxyserver")
         if ps is not None and ps.is_running:
             with contextlib.suppress(Exception):
                 await ps.servers.update([])  # closes the listening sockets only
-        deadline = time.monotonic() + self.config["run.shutdown_grace"]
+        started = time.monotonic()
+        deadline = started + self.config["run.shutdown_grace"]
         while self.inflight._count() and not self._hurry and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         left = self.inflight._count()
+        took = time.monotonic() - started
         if left:
-            self.out(f"egresswatch: {left} request(s) still in flight; closing them")
+            self.out(
+                f"egresswatch: {left} request(s) still in flight after {took:.1f} s; closing them"
+            )
+        else:
+            self.out(f"egresswatch: no request in flight ({took:.2f} s after closing the listener)")
         self.master.shutdown()
 
     def request_reload(self) -> None:

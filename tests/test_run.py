@@ -27,6 +27,7 @@ from helpers.lab import Lab
 from helpers.runmon import (
     SERVER,
     SERVER_PORT,
+    SLOW_PORT,
     flow_paths,
     flow_rows,
     http_get,
@@ -35,6 +36,7 @@ from helpers.runmon import (
     run_env,
     start_run,
     start_server,
+    start_slow_server,
 )
 from helpers.servers import read_log
 
@@ -133,26 +135,31 @@ def test_make_run_starts_on_defaults(lab: Lab, ns: str, tmp_path: Path) -> None:
     assert res.returncode == 1 and "not running" in res.stdout
 
 
-def _traffic(rp_pid_box: dict[str, int], answered: list[str], start: threading.Event) -> None:
+def _traffic(answered: list[tuple[str, float, float]], start: threading.Event) -> None:
     """Four keep-alive clients (threads inherit this thread's namespace), bounded in count
-    and time; each records the paths it got an answer for."""
+    and time, against the delaying server (0.2 s per request); each records the paths it got
+    an answer for, with when it sent and when the answer came."""
     deadline = time.monotonic() + 60
 
     def client(n: int) -> None:
         conn: http.client.HTTPConnection | None = None
         refused = 0
-        for i in range(1500):
+        for i in range(500):
             if time.monotonic() > deadline or refused > 20:
                 return
             path = f"/term-{n}-{i}"
+            sent = time.monotonic()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", 8080, timeout=10)
-                conn.request("GET", f"http://{SERVER}:{SERVER_PORT}{path}")
+                conn.request("GET", f"http://{SERVER}:{SLOW_PORT}{path}?delay=0.2")
                 resp = conn.getresponse()
                 resp.read()
                 if resp.status == 200:
-                    answered.append(path)
+                    answered.append((path, sent, time.monotonic()))
+                if resp.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
                 refused = 0
             except ConnectionRefusedError:
                 refused += 1
@@ -160,7 +167,7 @@ def _traffic(rp_pid_box: dict[str, int], answered: list[str], start: threading.E
                 time.sleep(0.02)
             except (OSError, http.client.HTTPException):
                 conn = None
-            if len(answered) >= 60:
+            if len(answered) >= 40:
                 start.set()
 
     threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
@@ -171,28 +178,37 @@ def _traffic(rp_pid_box: dict[str, int], answered: list[str], start: threading.E
 
 
 def test_sigterm_during_traffic_loses_no_decision(lab: Lab, ns: str, tmp_path: Path) -> None:
+    start_slow_server(lab, ns)
     env = run_env(tmp_path)
     rp = start_run(lab, ns, [egresswatch_bin(), "run"], env)
-    answered: list[str] = []
+    answered: list[tuple[str, float, float]] = []
     start = threading.Event()
-    box: dict[str, int] = {}
     worker = threading.Thread(
-        target=in_netns, args=(ns, _traffic, box, answered, start), kwargs={"timeout": 90}
+        target=in_netns, args=(ns, _traffic, answered, start), kwargs={"timeout": 90}
     )
     worker.start()
     assert start.wait(60), "traffic did not get going"
     at_signal = len(answered)
+    signalled = time.monotonic()
     os.kill(rp.proc.pid, signal.SIGTERM)
     code = rp.proc.wait(60)
     worker.join(90)
     out = rp.output()
     assert code == 0, out
     assert "SIGTERM: finishing flows in flight, flushing the store" in out
+    # Requests that were at the server when the signal came were answered, not cut off.
+    in_flight = [p for p, sent, got in answered if sent < signalled < got]
+    assert in_flight, "no request was in flight at the signal"
     recorded = set(flow_paths(db_file(tmp_path)))
-    missing = [p for p in answered if p not in recorded]
+    missing = [p for p, _, _ in answered if p not in recorded]
     assert not missing, f"{len(missing)} of {len(answered)} answered requests not recorded"
-    assert len(answered) >= at_signal >= 60
-    print(f"answered {len(answered)} ({at_signal} before SIGTERM), recorded {len(recorded)}")
+    assert len(answered) >= at_signal >= 40
+    # Keep-alive clients were told to close: the drain does not wait for the 10 s grace.
+    drained = rp.wait_line("egresswatch: no request in flight (")
+    print(
+        f"answered {len(answered)} ({at_signal} before SIGTERM, {len(in_flight)} in flight), "
+        f"recorded {len(recorded)}; {drained}"
+    )
 
 
 POLICY = """

@@ -172,7 +172,9 @@ def flow_paths(db: Path) -> list[str]:
 
     store = open_store(f"sqlite:///{db}")
     try:
-        return [r.path or "" for r in query_flows(store, FlowFilter(), limit=100_000)]
+        return [
+            (r.path or "").split("?")[0] for r in query_flows(store, FlowFilter(), limit=100_000)
+        ]
     finally:
         store.close()
 
@@ -185,3 +187,36 @@ def flow_rows(db: Path) -> list[Any]:
         return list(query_flows(store, FlowFilter(), limit=100_000))
     finally:
         store.close()
+
+
+SLOW_PORT = 8000
+#: an HTTP/1.1 keep-alive server that answers after ``?delay=SECONDS`` (capped at 5 s), so a
+#: test can have requests truly in flight when it signals the monitor
+SLOW_SERVER = """
+import json, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        u = urlsplit(self.path)
+        time.sleep(min(5.0, float(parse_qs(u.query).get("delay", ["0"])[0])))
+        body = json.dumps({"path": u.path}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+srv = ThreadingHTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("READY", flush=True)
+srv.serve_forever()
+"""
+
+
+def start_slow_server(lab: Lab, ns: str, port: int = SLOW_PORT) -> None:
+    """The delaying server on SERVER:port (SERVER must already be on the namespace's lo)."""
+    lab.spawn(ns, [sys.executable, "-c", SLOW_SERVER, SERVER, str(port)], ready="READY")
