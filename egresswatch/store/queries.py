@@ -172,7 +172,9 @@ def query_flows(
 ) -> list[FlowRow]:
     """Flows matching ``flt``, newest first (or oldest first, for ``tail``)."""
     table = Flow.__table__
-    order = (table.c.ts.desc(), table.c.id.desc()) if newest_first else (table.c.id.asc(),)
+    # ts alone (not ts, id): the time index then yields rows already in order and
+    # a LIMIT stops the scan early; a second sort key would sort every match first
+    order = (table.c.ts.desc(),) if newest_first else (table.c.id.asc(),)
     stmt = flt.apply(select(table)).order_by(*order)
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -253,7 +255,7 @@ class ClientRow:
     """A client address and what it sent."""
 
     client_addr: str | None
-    #: one app hint seen for that address (the greatest string: cheap and stable)
+    #: the app hint of the newest flow from that address that had one
     client_app: str | None
     flows: int
     bytes_out: int
@@ -263,7 +265,11 @@ class ClientRow:
 
 
 def top_clients(store: Store, flt: FlowFilter = FlowFilter(), limit: int = 10) -> list[ClientRow]:
-    """Clients by bytes sent, with counts of blocked (incl. would-block) and alerted flows."""
+    """Clients by bytes sent, with counts of blocked (incl. would-block) and alerted flows.
+
+    The ranking reads only the covering time index; the app hint of each of the
+    ``limit`` clients is then one short lookup (the newest matching row).
+    """
     blocked = func.sum(case((Flow.verdict.in_(("block", "would-block")), 1), else_=0))
     alerted = func.sum(case((Flow.verdict == "alert", 1), else_=0))
     bytes_out = func.coalesce(func.sum(Flow.bytes_out), 0)
@@ -271,7 +277,6 @@ def top_clients(store: Store, flt: FlowFilter = FlowFilter(), limit: int = 10) -
         flt.apply(
             select(
                 Flow.client_addr,
-                func.max(Flow.client_app),
                 func.count(),
                 bytes_out,
                 blocked,
@@ -280,14 +285,20 @@ def top_clients(store: Store, flt: FlowFilter = FlowFilter(), limit: int = 10) -
             )
         )
         .group_by(Flow.client_addr)
-        .order_by(bytes_out.desc(), func.count().desc())
+        .order_by(bytes_out.desc(), func.count().desc(), Flow.client_addr)
         .limit(limit)
     )
     with store.connect() as conn:
-        return [
-            ClientRow(addr, app, n, int(b), int(bl or 0), int(al or 0), svc)
-            for addr, app, n, b, bl, al, svc in conn.execute(stmt)
-        ]
+        ranked = list(conn.execute(stmt))
+        out = []
+        for addr, n, b, bl, al, svc in ranked:
+            app_stmt = flt.apply(select(Flow.client_app)).where(
+                Flow.client_addr.is_(None) if addr is None else Flow.client_addr == addr,
+                Flow.client_app.is_not(None),
+            )
+            app = conn.execute(app_stmt.order_by(Flow.ts.desc()).limit(1)).scalar()
+            out.append(ClientRow(addr, app, n, int(b), int(bl or 0), int(al or 0), svc))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,22 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
+#: the covering time index of flows: ts first, then what reports group and filter by
+FLOWS_REPORT_COLUMNS = (
+    "ts",
+    "verdict",
+    "country",
+    "service_id",
+    "payload_types",
+    "operator_country",
+    "client_addr",
+    "sensor",
+    "bytes_out",
+    "bytes_in",
+    "service_name",
+)
+
+
 class Base(DeclarativeBase):
     """Declarative base of the egresswatch schema."""
 
@@ -103,7 +119,9 @@ class Flow(Base):
 
     __table_args__ = (
         Index("ux_flows_decision_id", "decision_id", unique=True),
-        Index("ix_flows_ts", "ts"),
+        # every read is time-bounded; the other columns make the report's group-bys
+        # index-only (migration 0004)
+        Index("ix_flows_ts_report", *FLOWS_REPORT_COLUMNS),
     )
 
 
@@ -127,7 +145,7 @@ class FindingRow(Base):
 
     __table_args__ = (
         Index("ux_findings_decision_seq", "decision_id", "seq", unique=True),
-        Index("ix_findings_ts", "ts"),
+        Index("ix_findings_ts_kind", "ts", "kind", "sensor", "decision_id"),
     )
 
 
