@@ -61,7 +61,7 @@ class Message(NamedTuple):
 
 def read_name(msg: bytes, pos: int) -> tuple[str, int]:
     """A possibly compressed domain name (RFC 1035 §4.1.4): (name, position after it)."""
-    labels: list[str] = []
+    labels: list[bytes] = []
     jumps = 0
     after = -1
     n = len(msg)
@@ -73,7 +73,7 @@ def read_name(msg: bytes, pos: int) -> tuple[str, int]:
         if ln == 0:
             pos += 1
             break
-        if ln & 0xC0 == 0xC0:
+        if ln >= 0xC0:
             if pos + 1 >= n:
                 raise ValueError("truncated pointer")
             if after < 0:
@@ -85,14 +85,16 @@ def read_name(msg: bytes, pos: int) -> tuple[str, int]:
             continue
         if ln & 0xC0:
             raise ValueError("bad label type")
-        if pos + 1 + ln > n:
+        end = pos + 1 + ln
+        if end > n:
             raise ValueError("truncated label")
-        labels.append(msg[pos + 1 : pos + 1 + ln].decode("ascii", "replace").lower())
+        labels.append(msg[pos + 1 : end])
         total += ln + 1
         if total > 255:
             raise ValueError("name too long")
-        pos += 1 + ln
-    return ".".join(labels), (after if after >= 0 else pos)
+        pos = end
+    # one decode for the whole name: names are ASCII on the wire (RFC 1035 §2.3.1)
+    return b".".join(labels).decode("ascii", "replace").lower(), (after if after >= 0 else pos)
 
 
 def parse_message(msg: bytes) -> Message:
