@@ -47,7 +47,7 @@ class NetnsSet:
     tag: str = ""
     commands: list[list[str]] = field(default_factory=list)
     namespaces: list[str] = field(default_factory=list)
-    tables: list[tuple[str, str]] = field(default_factory=list)
+    tables: list[tuple[str | None, str]] = field(default_factory=list)
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -84,23 +84,32 @@ class NetnsSet:
         self.sh("ip", "-n", name, "link", "set", "lo", "up")
         return name
 
-    def veth(self, ns_a: str, name_a: str, ns_b: str, name_b: str) -> tuple[str, str]:
-        """A veth pair created inside the two namespaces (never visible in the root one)."""
+    def veth(self, ns_a: str, name_a: str, ns_b: str | None, name_b: str) -> tuple[str, str]:
+        """A veth pair created inside the two namespaces (``ns_b`` None: this process's own).
+
+        Deleting ``ns_a`` deletes the pair, also the end that lives elsewhere.
+        """
         a, b = f"{self.tag}{name_a}", f"{self.tag}{name_b}"
         for ifname in (a, b):
             if len(ifname) > MAX_IFNAME:
                 raise NetnsError(f"interface name too long: {ifname!r}")
+        # "netns PID" names the namespace of that process (ip-link(8)): ours.
+        peer_ns = ns_b if ns_b is not None else str(os.getpid())
         self.sh(
-            "ip", "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b
+            "ip", "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", peer_ns
         )
         self.sh("ip", "-n", ns_a, "link", "set", a, "up")
-        self.sh("ip", "-n", ns_b, "link", "set", b, "up")
+        if ns_b is None:
+            self.sh("ip", "link", "set", b, "up")
+        else:
+            self.sh("ip", "-n", ns_b, "link", "set", b, "up")
         return a, b
 
-    def addr(self, ns: str, cidr: str, dev: str) -> None:
+    def addr(self, ns: str | None, cidr: str, dev: str) -> None:
         # nodad: an address in a two-host link needs no duplicate detection (RFC 4862 §5.4)
         extra = ["nodad"] if ":" in cidr else []
-        self.sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra)
+        where = ["-n", ns] if ns is not None else []
+        self.sh("ip", *where, "addr", "add", cidr, "dev", dev, *extra)
 
     def route(self, ns: str, *spec: str) -> None:
         self.sh("ip", "-n", ns, "route", "add", *spec)
@@ -115,14 +124,14 @@ class NetnsSet:
         except OSError as e:
             raise NetnsError(f"cannot write {d}: {e.strerror or e}") from e
 
-    def nft(self, ns: str, ruleset: str, table: str, family: str = "inet") -> None:
+    def nft(self, ns: str | None, ruleset: str, table: str, family: str = "inet") -> None:
         """Load a ruleset defining ``family table``; close() deletes that one table."""
         self.tables.append((ns, f"{family} {table}"))
         self.sh("nft", "-f", "-", ns=ns, input=ruleset)
 
     def popen(
         self,
-        ns: str,
+        ns: str | None,
         argv: Sequence[str],
         *,
         env: Mapping[str, str] | None = None,
@@ -136,11 +145,12 @@ class NetnsSet:
         ``user``/``group``: drop to this uid/gid after entering the namespace (the
         namespace is entered as root by ``ip netns exec``; the program runs as them).
         """
-        cmd = ["ip", "netns", "exec", ns, *argv]
+        enter = ["ip", "netns", "exec", ns] if ns is not None else []
+        cmd = [*enter, *argv]
         if user is not None:
             # setpriv(1) drops uid, gid and supplementary groups in one exec.
             cmd = [
-                "ip", "netns", "exec", ns,
+                *enter,
                 "setpriv", f"--reuid={user}", f"--regid={group if group is not None else user}",
                 "--clear-groups", "--", *argv,
             ]  # fmt: skip

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import ipaddress
 import json
 import os
 import pwd
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from xml.etree import ElementTree as ET
 
 from egresswatch.errors import ConfigError, EgressWatchError
@@ -44,10 +46,8 @@ from egresswatch.runtime import Settings
 
 #: version of the JSON report; bumped on incompatible changes (docs/verify.md)
 SCHEMA_ID = "egresswatch-verify/1"
-#: command side and gateway side of the veth: link-local (RFC 3927), never routed
-CMD_ADDR, GW_ADDR, LINK_PREFIX = "169.254.77.2", "169.254.77.1", 30
-CMD_ADDR6, GW_ADDR6 = "fd65:7776::2", "fd65:7776::1"
-_COMMAND_SIDE = frozenset({CMD_ADDR, CMD_ADDR6})
+#: the command<->gateway link is a /30 of link-local space (RFC 3927): see link_addresses
+LINK_PREFIX = 30
 PROXY_PORT, DNS_PORT, RAW_PORT = 18080, 18053, 18099
 #: CA bundle variables honoured by OpenSSL, requests, curl and Node (their docs)
 CA_VARS = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS")
@@ -270,7 +270,7 @@ def aggregate(
         if not _primary(rec):
             if (rec.get("transport"), rec.get("client_port")) in primary_ports:
                 continue
-            if rec.get("dst_addr") in _COMMAND_SIDE:
+            if is_link_address(rec.get("dst_addr")):
                 continue  # a flow the sniffer picked up from its reply: seen from the wrong end
 
         name = _name(rec)
@@ -354,6 +354,27 @@ def _merge(d: Destination, rec: dict[str, Any]) -> None:
 
 
 _SEVERITY = {"allow": 0, "alert": 1, "would-block": 2, "block": 2}
+
+
+def record_allowed(
+    rec: dict[str, Any],
+    *,
+    allow: Sequence[str] = (),
+    profiles: Sequence[Profile] = (),
+    policy_given: bool = False,
+) -> bool:
+    """Would this one attempt be allowed? (``--online`` forwards exactly those.)"""
+    d = Destination(
+        name=_name(rec),
+        address=rec.get("dst_addr"),
+        port=rec.get("dst_port"),
+        transport=rec.get("transport", "tcp"),
+    )
+    _merge(d, rec)
+    if len(d.payload_types) > 1:
+        d.payload_types = [t for t in d.payload_types if t != "tls-opaque"]
+    _judge(d, allow, profiles, policy_given)
+    return d.allowed
 
 
 def _judge(
@@ -710,33 +731,77 @@ class VerifyConfig:
     grace: float = 0.5
 
 
-def has_default_route() -> bool:
-    """True when the host has an IPv4 or IPv6 default route (a route table read; nothing sent)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
-            f = line.split()
-            if len(f) > 2 and f[1] == "00000000" and f[7] == "00000000":
-                return True
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
-            f = line.split()
-            if f and f[0] == "0" * 32 and f[1] == "00" and f[9] != "lo":
-                return True
-    return False
+#: documentation ranges (RFC 5737 §3, RFC 3849): the internet does not route them (RFC
+#: 5737 §4), so a default route through, or from, such an address reaches no internet.
+_DOC_NETS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32")
+)
+#: IPv6 sources that cannot reach the IPv6 internet: ULA (RFC 4193), link-local (RFC 4291)
+_V6_LOCAL = (ipaddress.ip_network("fc00::/7"), ipaddress.ip_network("fe80::/10"))
+
+
+def _ip_json(*args: str) -> list[dict[str, Any]]:
+    try:
+        res = subprocess.run(["ip", "-j", *args], capture_output=True, text=True, timeout=10)
+        data = json.loads(res.stdout or "[]")
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError):
+        return []
+    return data if isinstance(data, list) else []
+
+
+def _in(addr: str | None, nets: Iterable[Any]) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return False
+    return any(ip.version == n.version and ip in n for n in nets)
+
+
+def internet_route() -> str | None:
+    """None when a default route could reach the internet, else why not.
+
+    Reads the routing table and interface addresses (``ip -j``); sends nothing. A
+    default route counts only when its gateway is not a documentation address and its
+    interface has a source address the internet could answer (IPv4: not documentation;
+    private is fine behind NAT. IPv6: global, not ULA, not documentation).
+    """
+    routes = [(4, r) for r in _ip_json("-4", "route", "show", "default")]
+    routes += [(6, r) for r in _ip_json("-6", "route", "show", "default")]
+    if not routes:
+        return "no default route"
+    for family, route in routes:
+        if _in(route.get("gateway"), _DOC_NETS):
+            continue
+        dev = route.get("dev")
+        if not dev:
+            continue
+        addrs = [
+            a.get("local")
+            for link in _ip_json("addr", "show", "dev", str(dev))
+            for a in link.get("addr_info", [])
+            if a.get("family") == ("inet" if family == 4 else "inet6")
+            and a.get("scope") == "global"
+        ]
+        bad = _DOC_NETS if family == 4 else (*_DOC_NETS, *_V6_LOCAL)
+        if any(not _in(a, bad) for a in addrs):
+            return None
+    return (
+        "the default routes go through or from documentation, unique-local or link-local "
+        "addresses, which the internet does not route"
+    )
 
 
 def preflight(config: VerifyConfig) -> None:
     """Refuse early, with a message that says what to do."""
     if config.online:
-        if not has_default_route():
+        why = internet_route()
+        if why is not None:
             raise VerifyError(
-                "--online forwards allowed traffic to the internet, but this machine has no "
-                "route to it (no default route); run without --online to answer every "
-                "attempt locally"
+                "--online forwards allowed traffic to the internet, but this machine has "
+                f"no route to it ({why}); run without --online to answer every attempt "
+                "locally"
             )
-        raise VerifyError(
-            "--online forwarding is not available in this version; run without --online"
-        )
     if os.geteuid() != 0:
         raise VerifyError(_no_root_message())
     for tool in ("ip", "nft", "setpriv"):
@@ -798,7 +863,7 @@ def run_in_userns(argv: Sequence[str]) -> int:
         return 4
 
 
-def _userns_mounts(work: Path) -> bool:
+def _userns_mounts(work: Path, nameserver: str) -> bool:
     """Inside our own user+mount namespace: private /run/netns (and /etc/netns) for ip-netns.
 
     Returns True when /etc/netns is usable; else the command's resolv.conf is bound over
@@ -819,7 +884,7 @@ def _userns_mounts(work: Path) -> bool:
         mount("-t", "tmpfs", "tmpfs", "/etc/netns")
         return True
     resolv = work / "resolv.conf"
-    resolv.write_text(f"nameserver {GW_ADDR}\noptions timeout:2 attempts:1\n")
+    resolv.write_text(f"nameserver {nameserver}\noptions timeout:2 attempts:1\n")
     mount("--bind", str(resolv), "/etc/resolv.conf")
     return False
 
@@ -896,6 +961,90 @@ def gateway_ruleset(table: str, iface: str) -> str:
     )
 
 
+class Link(NamedTuple):
+    """Addresses of the command<->gateway link of one run."""
+
+    cmd: str
+    gw: str
+    cmd6: str
+    gw6: str
+
+
+def link_addresses(seed: int) -> Link:
+    """A /30 in 169.254.0.0/16 (RFC 3927 link-local: never routed) chosen by ``seed``.
+
+    Offline each run has its own gateway namespace and any /30 would do; online the
+    gateway end lives in the host's namespace, so concurrent runs need distinct links.
+    Blocks 1..8191 of 169.254.0.0/17 are used: clear of 169.254.169.254 (cloud metadata).
+    """
+    block = seed % 8191 + 1
+    base = int(ipaddress.IPv4Address("169.254.0.0")) + block * 4
+    six = f"fd65:7776:{block:x}::"
+    return Link(
+        str(ipaddress.IPv4Address(base + 2)),
+        str(ipaddress.IPv4Address(base + 1)),
+        six + "2",
+        six + "1",
+    )
+
+
+def is_link_address(addr: str | None) -> bool:
+    """True for the command link's own addresses (a sniffer view from the wrong end)."""
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return False
+    return ip in _LINK_NETS[0] if ip.version == 4 else ip in _LINK_NETS[1]
+
+
+_LINK_NETS = (ipaddress.IPv4Network("169.254.0.0/16"), ipaddress.IPv6Network("fd65:7776::/32"))
+
+
+class Ports(NamedTuple):
+    proxy: int
+    dns: int
+    raw: int
+
+
+def free_port(addr: str, kind: int) -> int:
+    """A port the kernel says is free on ``addr`` now (online: we share the host's ports)."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((addr, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def online_ruleset(table: str, iface: str, ports: Ports) -> str:
+    """``--online``: the gateway shares the host's namespace; only our listeners are reachable.
+
+    The command may reach nothing of the host's but the three listeners, and nothing is
+    forwarded from or to its link: allowed traffic leaves only through the proxy or the
+    raw relay, which connect on their own. A drop verdict is final in nftables, so these
+    hold whatever other tables accept.
+    """
+    return (
+        f"table inet {table} {{\n"
+        "    chain prerouting {\n"
+        "        type nat hook prerouting priority dstnat; policy accept;\n"
+        f'        iifname "{iface}" udp dport 53 redirect to :{ports.dns}\n'
+        f'        iifname "{iface}" tcp dport {{ 80, 443 }} redirect to :{ports.proxy}\n'
+        f'        iifname "{iface}" meta l4proto tcp redirect to :{ports.raw}\n'
+        "    }\n"
+        "    chain input {\n"
+        "        type filter hook input priority filter; policy accept;\n"
+        f'        iifname "{iface}" tcp dport {{ {ports.proxy}, {ports.raw} }} accept\n'
+        f'        iifname "{iface}" udp dport {ports.dns} accept\n'
+        f'        iifname "{iface}" drop\n'
+        "    }\n"
+        "    chain forward {\n"
+        "        type filter hook forward priority filter; policy accept;\n"
+        f'        iifname "{iface}" drop\n'
+        f'        oifname "{iface}" drop\n'
+        "    }\n"
+        "}\n"
+    )
+
+
 def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
     """Run ``config.command`` in a fresh namespace behind the verify gateway; return the report.
 
@@ -924,34 +1073,59 @@ def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
     try:
         bundle = ca_bundle(ca, work / "ca-bundle.pem")
         etc_ok = True
+        link = link_addresses(os.getpid())
         if os.environ.get(USERNS_ENV) == "inside":
-            etc_ok = _userns_mounts(work)
+            etc_ok = _userns_mounts(work, link.gw)
             notes.append("ran in an unprivileged user namespace")
         with NetnsSet("ewv") as lab:
-            cmd_ns, gw_ns = lab.netns("c"), lab.netns("g")
+            cmd_ns = lab.netns("c")
+            # Offline the gateway gets a namespace with no route anywhere; online it lives
+            # in ours (the host's), so allowed traffic can really leave.
+            gw_ns = None if config.online else lab.netns("g")
             c_if, g_if = lab.veth(cmd_ns, "c", gw_ns, "g")
-            lab.addr(cmd_ns, f"{CMD_ADDR}/{LINK_PREFIX}", c_if)
-            lab.addr(gw_ns, f"{GW_ADDR}/{LINK_PREFIX}", g_if)
-            lab.addr(cmd_ns, f"{CMD_ADDR6}/64", c_if)
-            lab.addr(gw_ns, f"{GW_ADDR6}/64", g_if)
-            lab.route(cmd_ns, "default", "via", GW_ADDR)
-            lab.sh("ip", "-n", cmd_ns, "-6", "route", "add", "default", "via", GW_ADDR6)
+            lab.addr(cmd_ns, f"{link.cmd}/{LINK_PREFIX}", c_if)
+            lab.addr(gw_ns, f"{link.gw}/{LINK_PREFIX}", g_if)
+            lab.route(cmd_ns, "default", "via", link.gw)
+            if not config.online:
+                lab.addr(cmd_ns, f"{link.cmd6}/64", c_if)
+                lab.addr(gw_ns, f"{link.gw6}/64", g_if)
+                lab.sh("ip", "-n", cmd_ns, "-6", "route", "add", "default", "via", link.gw6)
             host = os.uname().nodename
             if etc_ok:
                 cmd_etc = {
-                    "resolv.conf": f"nameserver {GW_ADDR}\noptions timeout:2 attempts:1\n",
+                    "resolv.conf": f"nameserver {link.gw}\noptions timeout:2 attempts:1\n",
                     "hosts": f"127.0.0.1 localhost\n::1 localhost\n127.0.1.1 {host}\n",
                 }
                 lab.etc(cmd_ns, cmd_etc)
-                lab.etc(gw_ns, {"resolv.conf": "nameserver 127.0.0.1\n", "hosts": cmd_etc["hosts"]})
-            lab.nft(gw_ns, gateway_ruleset(lab.tag, g_if), lab.tag)
+                if gw_ns is not None:
+                    lab.etc(
+                        gw_ns, {"resolv.conf": "nameserver 127.0.0.1\n", "hosts": cmd_etc["hosts"]}
+                    )
+            if config.online:
+                ports = Ports(
+                    free_port(link.gw, socket.SOCK_STREAM),
+                    free_port(link.gw, socket.SOCK_DGRAM),
+                    free_port(link.gw, socket.SOCK_STREAM),
+                )
+                lab.nft(None, online_ruleset(lab.tag, g_if, ports), lab.tag)
+            else:
+                ports = Ports(PROXY_PORT, DNS_PORT, RAW_PORT)
+                lab.nft(gw_ns, gateway_ruleset(lab.tag, g_if), lab.tag)
             cfg = {
                 "records": str(records_path),
                 "iface": g_if,
                 "command_netns": f"/run/netns/{cmd_ns}",
-                "proxy_port": PROXY_PORT,
-                "dns_port": DNS_PORT,
-                "raw_port": RAW_PORT,
+                "proxy_port": ports.proxy,
+                "dns_port": ports.dns,
+                "raw_port": ports.raw,
+                "listen": [link.gw] if config.online else None,
+                "online": {
+                    "allow": list(config.allow),
+                    "profiles": [p.id for p in config.profiles],
+                    "policy_given": config.settings.policy is not None,
+                }
+                if config.online
+                else None,
                 "confdir": str(config.confdir.expanduser()),
                 "sniffer": config.sniffer,
                 "verbose": config.verbose,

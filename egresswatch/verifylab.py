@@ -279,8 +279,11 @@ class Recorder:
         owners: NetnsOwners,
         *,
         skip_clients: frozenset[str] = frozenset(),
+        permit: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self._inspect = inspect
+        #: ``--online``: attempts this accepts are let through (forwarded for real)
+        self.permit = permit
         self.pool = pool
         self.owners = owners
         self.skip_clients = skip_clients
@@ -306,10 +309,13 @@ class Recorder:
     def inspect(self, obs: Observation) -> Decision:
         obs = self.enrich(obs)
         decision = self._inspect(obs)
+        rec = record_of(decision, first_bytes=self.first_bytes.pop(obs.flow_id, None))
         if obs.client_addr not in self.skip_clients:
-            self.write(record_of(decision, first_bytes=self.first_bytes.pop(obs.flow_id, None)))
+            self.write(rec)
         if obs.stage is Stage.CLIENTHELLO:
             verdict = Verdict(Action.ALLOW, RULE, "intercepted to read the request", Mode.MONITOR)
+        elif self.permit is not None and self.permit(rec):
+            verdict = Verdict(Action.ALLOW, RULE, "allowed: forwarded (--online)", Mode.MONITOR)
         else:
             verdict = Verdict(Action.BLOCK, RULE, REASON, Mode.ENFORCE)
         return Decision(assessment=decision.assessment, verdict=verdict, id=decision.id)
@@ -337,6 +343,26 @@ class NullSink:
 
     def close(self) -> None:
         pass
+
+
+class OnlineUpstream:
+    """mitmproxy addon (``--online``): a request that was let through goes to the real name.
+
+    The command connected to a pool address; the name it stands for is resolved by the
+    host's resolver when mitmproxy connects (``connection_strategy=lazy``: only now).
+    Runs after the egresswatch addon, which has answered 451 to everything not allowed.
+    """
+
+    def __init__(self, pool: NamePool) -> None:
+        self.pool = pool
+
+    def request(self, flow: Any) -> None:
+        if not flow.live or flow.response is not None:
+            return
+        addr = flow.server_conn.address
+        name = self.pool.name(addr[0]) if addr else None
+        if name:
+            flow.request.host = name  # the Host header already names it
 
 
 # -- DNS -------------------------------------------------------------------------------------
@@ -496,11 +522,42 @@ class RawRecorder:
         obs = raw_observation(data, dst, client)
         obs = replace(obs, client_pid=owner.client_pid, client_process=owner.client_process)
         self.recorder.first_bytes[obs.flow_id] = data
+        decision = None
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(self.recorder.inspect, obs)
+            decision = await asyncio.to_thread(self.recorder.inspect, obs)
+        if decision is not None and not decision.verdict.enforced and dst is not None:
+            target = self.recorder.pool.name(dst[0]) or dst[0]
+            await _relay(reader, writer, data, (target, dst[1]))
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    first: bytes,
+    target: tuple[str, int],
+    idle: float = 300.0,
+) -> None:
+    """``--online``: connect to the real target, send what was read, then pipe both ways."""
+    try:
+        up_r, up_w = await asyncio.wait_for(asyncio.open_connection(*target), 15)
+    except (OSError, TimeoutError):
+        return
+    up_w.write(first)
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, TimeoutError):
+            while chunk := await asyncio.wait_for(src.read(65536), idle):
+                dst.write(chunk)
+                await dst.drain()
+        with contextlib.suppress(OSError):
+            if dst.can_write_eof():
+                dst.write_eof()
+
+    await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+    up_w.close()
 
 
 def _complete(data: bytes) -> bool:
@@ -521,9 +578,7 @@ def _complete(data: bytes) -> bool:
 # -- the process -----------------------------------------------------------------------------
 
 
-def _sniff(
-    recorder: Recorder, iface: str, stop: threading.Event, ready: threading.Event
-) -> None:
+def _sniff(recorder: Recorder, iface: str, stop: threading.Event, ready: threading.Event) -> None:
     from egresswatch.sniffer.capture import LiveCapture
     from egresswatch.sniffer.engine import Sniffer
 
@@ -581,12 +636,29 @@ async def _serve(cfg: dict[str, Any]) -> None:
     inspector = runtime.build_inspector(settings)
     pool = NamePool(cfg.get("pool", DEFAULT_POOL))
     owners = NetnsOwners(cfg.get("command_netns"))
+    online = cfg.get("online")
+    permit: Callable[[dict[str, Any]], bool] | None = None
+    if online:
+        from egresswatch.verify import load_profiles, record_allowed
+
+        shipped = load_profiles()
+        profiles = [shipped[p] for p in online.get("profiles", []) if p in shipped]
+
+        def permit(rec: dict[str, Any]) -> bool:
+            return record_allowed(
+                rec,
+                allow=online.get("allow", []),
+                profiles=profiles,
+                policy_given=bool(online.get("policy_given")),
+            )
+
     recorder = Recorder(
         inspector.inspect,
         Path(cfg["records"]),
         pool,
         owners,
         skip_clients=frozenset(cfg.get("skip_clients", ["127.0.0.1", "::1"])),
+        permit=permit,
     )
     stop, sniff_ready = threading.Event(), threading.Event()
     sniff = threading.Thread(
@@ -601,8 +673,10 @@ async def _serve(cfg: dict[str, Any]) -> None:
         sniff_ready.set()
 
     raw = RawRecorder(recorder)
-    raw_server = await asyncio.start_server(raw.handle, host="0.0.0.0", port=cfg["raw_port"])
-    raw6 = await asyncio.start_server(raw.handle, host="::", port=cfg["raw_port"])
+    # Offline the gateway has a namespace of its own: every address is ours. Online it
+    # shares the host's, and listens only on the command link's address.
+    hosts = cfg.get("listen") or ["0.0.0.0", "::"]
+    servers = [await asyncio.start_server(raw.handle, host=h, port=cfg["raw_port"]) for h in hosts]
 
     opts = options.Options()
     master = DumpMaster(opts, with_termlog=bool(cfg.get("verbose")), with_dumper=False)
@@ -612,9 +686,12 @@ async def _serve(cfg: dict[str, Any]) -> None:
         master.addons.remove(resolver)
     master.addons.add(PoolDns(recorder))
     master.addons.add(EgressWatch(recorder, NullSink()))
+    if online:
+        master.addons.add(OnlineUpstream(pool))
+    listen = cfg.get("listen")
     opts.update(
         mode=[f"transparent@{cfg['proxy_port']}", f"dns@{cfg['dns_port']}"],
-        listen_host="",
+        listen_host=listen[0] if listen else "",
         confdir=cfg["confdir"],
         connection_strategy="lazy",
         egresswatch_process_lookup=False,
@@ -642,8 +719,8 @@ async def _serve(cfg: dict[str, Any]) -> None:
         await run
     finally:
         stop.set()
-        raw_server.close()
-        raw6.close()
+        for server in servers:
+            server.close()
         if sniff.is_alive():
             sniff.join(3)
         recorder.close()
