@@ -18,7 +18,7 @@ test: system-deps setup lint
 	.venv/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup
-	.venv/bin/python bench/inspect.py
+	.venv/bin/python bench/inspector.py
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

@@ -13,13 +13,6 @@ Nothing is sent anywhere.
 
 from __future__ import annotations
 
-import sys
-
-# bench/ holds inspect.py, which shadows the standard library's `inspect` (imported by
-# dataclasses): drop this file's folder from the import path before importing anything.
-if sys.path and sys.path[0] == __import__("os").path.dirname(__file__):
-    del sys.path[0]
-
 import argparse
 import time
 from collections.abc import Callable

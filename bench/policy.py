@@ -12,17 +12,12 @@ the share of the inspector's per-decision budget. Nothing is sent anywhere.
 
 from __future__ import annotations
 
+import argparse
 import sys
+import time
+from collections.abc import Callable
 
-# Running `python bench/policy.py` puts bench/ first on sys.path, where bench/inspect.py
-# shadows the standard library's `inspect` (imported by dataclasses): drop it.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
-
-import argparse  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-
-from egresswatch.model import (  # noqa: E402
+from egresswatch.model import (
     Action,
     Assessment,
     Finding,
@@ -40,7 +35,7 @@ from egresswatch.model import (  # noqa: E402
     Transport,
     Verdict,
 )
-from egresswatch.policy import Policy  # noqa: E402
+from egresswatch.policy import Policy
 
 BUDGET_PER_SECOND = 20_000  # inspector goal, decisions per second per core
 

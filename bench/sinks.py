@@ -14,25 +14,19 @@ to a log stream in memory; nothing is sent anywhere.
 
 from __future__ import annotations
 
-import sys
+import argparse
+import io
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
 
-# `python bench/x.py` puts bench/ first on sys.path, where bench/inspect.py shadows
-# the standard library's `inspect`: drop it.
-sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
+from prometheus_client import CollectorRegistry
 
-import argparse  # noqa: E402
-import io  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from prometheus_client import CollectorRegistry  # noqa: E402
-
-from egresswatch.alerts import AlertSink, LogChannel  # noqa: E402
-from egresswatch.metrics import Metrics  # noqa: E402
-from egresswatch.model import (  # noqa: E402
+from egresswatch.alerts import AlertSink, LogChannel
+from egresswatch.metrics import Metrics
+from egresswatch.model import (
     Action,
     Assessment,
     Decision,
@@ -50,7 +44,7 @@ from egresswatch.model import (  # noqa: E402
     Transport,
     Verdict,
 )
-from egresswatch.ports import FanOut, Sink  # noqa: E402
+from egresswatch.ports import FanOut, Sink
 
 SERVICES = [
     Service("openai", "OpenAI API", "OpenAI", "US", "chat-api", ("api.openai.com",)),

@@ -1,6 +1,9 @@
 """Inspector throughput on a realistic mix, and GeoIP lookups cached vs uncached.
 
-    .venv/bin/python bench/inspect.py [--seconds 3]
+    .venv/bin/python bench/inspector.py [--seconds 3]
+
+(The issue named it bench/inspect.py; that name shadows the standard library's
+`inspect` for every script in bench/, so it is bench/inspector.py.)
 
 Prints decisions per second on one core (goal: >= 20,000) for the full core
 pipeline (geo, catalog, classification, findings, policy), with the shipped
@@ -10,17 +13,11 @@ without its cache, side by side, in the same run. Nothing is sent anywhere.
 
 from __future__ import annotations
 
-import sys
-
-# This file's name shadows the standard library's `inspect` (which dataclasses imports):
-# drop its folder from the import path before anything else is imported.
-if sys.path and sys.path[0] == __import__("os").path.dirname(__file__):
-    del sys.path[0]
-
 import argparse
 import gzip
 import json
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable
