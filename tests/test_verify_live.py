@@ -330,3 +330,104 @@ def test_sigterm_removes_everything(tmp_path: Path, confdir: Path) -> None:
     assert "interrupted" in err
     assert leftovers() == before
     assert marker_procs(marker) == []
+
+
+UPSTREAM = """
+import socket, sys, threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+log = open(sys.argv[1], "a", buffering=1)
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        log.write(self.headers.get("host", "") + " " + self.path + "\\n")
+        body = b"real upstream"
+        self.send_response(200)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+def echo():
+    srv = socket.create_server(("203.0.113.10", 7000))
+    while True:
+        c, _ = srv.accept()
+        data = c.recv(100)
+        log.write("echo " + data.decode().strip() + "\\n")
+        c.sendall(data)
+        c.close()
+
+threading.Thread(target=echo, daemon=True).start()
+srv = HTTPServer(("203.0.113.10", 80), H)
+print("READY", flush=True)
+srv.serve_forever()
+"""
+
+ONLINE_PROGRAM = """
+    import socket, urllib.request
+    body = urllib.request.urlopen("http://models.example/v1/models", timeout=10).read()
+    print("allowed:", body.decode())
+    try:
+        urllib.request.urlopen("http://other.example/steal", timeout=10)
+    except Exception as e:
+        print("other:", e)
+    s = socket.create_connection(("models.example", 7000), timeout=10)
+    s.sendall(b"echo me\\n")
+    print("echo:", s.recv(100))
+    s.close()
+"""
+
+
+def test_online_forwards_only_allowed(tmp_path: Path, confdir: Path) -> None:
+    """--online inside a lab 'host' whose default route leads to a lab 'internet' namespace.
+
+    The host namespace's only route goes to our own internet namespace (100.64.7.0/30,
+    RFC 6598 shared space), whose servers sit on a documentation address: nothing here
+    can reach a real network.
+    """
+    from helpers.lab import Lab
+
+    with Lab("vo") as lab:
+        host, inet = lab.netns("h"), lab.netns("i")
+        h_if, i_if = lab.veth(host, inet)
+        lab.add_addr(host, "100.64.7.2/30", h_if)
+        lab.add_addr(inet, "100.64.7.1/30", i_if)
+        lab.add_addr(inet, "203.0.113.10/32")
+        lab.sh("ip", "-n", host, "route", "add", "default", "via", "100.64.7.1")
+        lab.etc(host, {"models.example": "203.0.113.10", "other.example": "203.0.113.10"})
+        seen = tmp_path / "upstream.log"
+        server = tmp_path / "upstream.py"
+        server.write_text(UPSTREAM)
+        lab.spawn(inet, [PY, str(server), str(seen)], ready="READY")
+        # In the lab host, a route to the "internet" exists; on this machine it may not.
+        probe = lab.sh(
+            PY, "-c", "from egresswatch.verify import internet_route; print(internet_route())",
+            ns=host,
+        )  # fmt: skip
+        assert probe.stdout.strip() == "None"
+        script = tmp_path / "program.py"
+        script.write_text(textwrap.dedent(ONLINE_PROGRAM))
+        out = tmp_path / "report.json"
+        res = subprocess.run(
+            ["ip", "netns", "exec", host, egresswatch_bin(), "verify", "--online",
+             "--confdir", str(confdir), "--allow", "models.example", "--json", str(out),
+             "--", PY, str(script)],
+            capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        # the run's veth end and nft table in the lab host are gone with it
+        left = lab.sh("ip", "link", ns=host).stdout + lab.sh("nft", "list", "tables", ns=host).stdout
+    assert "allowed: real upstream" in res.stdout, res.stdout + res.stderr
+    assert "other: HTTP Error 451" in res.stdout
+    assert "echo: b'echo me\\n'" in res.stdout
+    log = seen.read_text().splitlines()
+    assert "models.example /v1/models" in log
+    assert "echo echo me" in log
+    assert not any("steal" in line for line in log)  # the refused request never left
+    assert res.returncode == 1
+    doc = json.loads(out.read_text())
+    assert_schema(doc)
+    by = {d["name"]: d for d in doc["destinations"]}
+    assert by["models.example"]["allowed_by"] == ["--allow models.example"]
+    assert by["other.example"]["allowed"] is False
+    assert "ewv" not in left
