@@ -416,7 +416,8 @@ def test_online_forwards_only_allowed(tmp_path: Path, confdir: Path) -> None:
             capture_output=True, text=True, timeout=180,
         )  # fmt: skip
         # the run's veth end and nft table in the lab host are gone with it
-        left = lab.sh("ip", "link", ns=host).stdout + lab.sh("nft", "list", "tables", ns=host).stdout
+        left = lab.sh("ip", "link", ns=host).stdout
+        left += lab.sh("nft", "list", "tables", ns=host).stdout
     assert "allowed: real upstream" in res.stdout, res.stdout + res.stderr
     assert "other: HTTP Error 451" in res.stdout
     assert "echo: b'echo me\\n'" in res.stdout
