@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from egresswatch.errors import CaptureError, EgressWatchError
+from egresswatch.errors import EgressWatchError
 from egresswatch.model import Decision, FlowClosed, Mode, Observation
 
 if TYPE_CHECKING:
@@ -165,33 +165,44 @@ class _SnifferPart:
     error: BaseException | None = None
     restarts: list[float] = field(default_factory=list)
 
-    def start(self) -> None:
-        """Open the sockets here (errors surface at once), then capture on a thread."""
+    def open(self) -> None:
+        """Open the capture sockets: no permission, no interface, a bad filter raise here."""
         from egresswatch.sniffer.capture import LiveCapture
 
         cap = LiveCapture(self.sniffer, self.interfaces, self.bpf)
         cap.open()
         self.capture, self.error = cap, None
+
+    def start(self) -> None:
+        """Capture on a thread (opening the sockets first if they are not open)."""
+        if self.capture is None:
+            self.open()
         self.thread = threading.Thread(target=self._loop, name="egresswatch-sniffer", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        assert self.capture is not None
+        cap = self.capture
+        assert cap is not None
         try:
-            self.capture.run()
+            cap.run()
         except BaseException as e:  # reported and acted on by the watcher
             self.error = e
         finally:
-            self.capture.close()
+            cap.close()
+            self.capture = None  # a restart opens new sockets
 
     def alive(self) -> bool:
         return self.thread is not None and self.thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        if self.capture is not None:
-            self.capture.stop()
+        cap = self.capture
+        if cap is not None:
+            cap.stop()
         if self.thread is not None:
             self.thread.join(timeout)
+        if cap is not None and not self.alive():
+            cap.close()  # opened but never run (run --check), or already closed: harmless
+            self.capture = None
 
 
 class Monitor:
@@ -214,6 +225,7 @@ class Monitor:
         self._hurry = False
         self._failure: str | None = None
         self._reloading = False
+        self._closed = False
 
     # -- building ----------------------------------------------------------------------
 
@@ -234,14 +246,6 @@ class Monitor:
             raise RunError(
                 "nothing to run: the proxy is disabled and no sniffer interface is configured"
             )
-        if c["sniffer.interfaces"]:
-            from egresswatch.sniffer.capture import has_capture_permission
-
-            if not has_capture_permission():
-                raise CaptureError(
-                    f"sniffer on {', '.join(c['sniffer.interfaces'])}: this process may not "
-                    "capture; run as root or grant CAP_NET_RAW, or remove sniffer.interfaces"
-                )
         inspector = runtime.build_inspector(self.settings)
         self.inspector = LiveInspector(inspector)
         if c["proxy.enabled"]:
@@ -252,6 +256,11 @@ class Monitor:
             dataclasses.replace(self.settings, metrics_listen=None) if check else self.settings
         )
         self.sinks = runtime.build_sinks(settings, CollectorRegistry(), inspector)
+        try:
+            self._open_sniffer()
+        except BaseException:
+            self.sinks.close()
+            raise
 
     def _proxy_config(self) -> Any:
         from egresswatch.commands.proxy import ProxyConfig
@@ -269,7 +278,8 @@ class Monitor:
             verbose=self.verbose,
         )
 
-    def _start_sniffer(self) -> None:
+    def _open_sniffer(self) -> None:
+        """Build the sniffer and open its sockets (at build time: errors before anything runs)."""
         from egresswatch.sniffer import Sniffer, SnifferConfig
         from egresswatch.sniffer.capture import DEFAULT_BPF
 
@@ -287,7 +297,7 @@ class Monitor:
         self.sniff = _SnifferPart(
             sniffer, list(c["sniffer.interfaces"]), c["sniffer.bpf"] or DEFAULT_BPF
         )
-        self.sniff.start()
+        self.sniff.open()
 
     # -- running -----------------------------------------------------------------------
 
@@ -304,7 +314,7 @@ class Monitor:
         except Exception as e:  # a bug in a part: still one clear line, and a clean close
             self._failure = self._failure or f"a part stopped unexpectedly: {type(e).__name__}: {e}"
         finally:
-            self._shutdown_parts()
+            self.close()
         if self._failure:
             raise RunError(self._failure)
         return 0
@@ -316,7 +326,8 @@ class Monitor:
             loop.add_signal_handler(sig, self.request_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
-            self._start_sniffer()
+            if self.sniff is not None:
+                self.sniff.start()
             if self.config["proxy.enabled"]:
                 from egresswatch.commands.proxy import build_master
 
@@ -471,7 +482,11 @@ class Monitor:
             raise EgressWatchError(f"cannot reload: {e}") from e
         return Inspector(self.inspector.geo, catalog, policy)
 
-    def _shutdown_parts(self) -> None:
+    def close(self) -> None:
+        """Stop the sniffer, hand its open flows to the store, flush and close the sinks."""
+        if self._closed:
+            return
+        self._closed = True
         if self.sniff is not None:
             self.sniff.stop()
             self.sniff.sniffer.close()  # finishes open flows: their decisions reach the store

@@ -163,8 +163,8 @@ def test_status_reads_pid_state_metrics_and_database(tmp_path: Path) -> None:
     settings = dataclasses.replace(conf.settings(), metrics_listen=("127.0.0.1", 0))
     sinks = runtime.build_sinks(settings, CollectorRegistry(), None)
     try:
-        for _ in range(3):
-            sinks.record(inspector.inspect(OBS))
+        for _ in range(3):  # now: OBS was made at import, maybe more than a minute ago
+            sinks.record(inspector.inspect(dataclasses.replace(OBS, time=time.time())))
         assert sinks.writer is not None and sinks.writer.flush(10)
         assert sinks.server is not None
         pid_file = conf.pid_file()

@@ -155,7 +155,6 @@ def run(
             for line in monitor.banner(check=True):
                 out(line)
         finally:
-            if monitor.sinks is not None:
-                monitor.sinks.close()
+            monitor.close()
         return
     raise SystemExit(monitor.run())
