@@ -24,7 +24,8 @@ class FieldType(click.ParamType):
 
     def __init__(self, field: cfg.Field) -> None:
         self.field = field
-        self.name = field.flag
+        name = _KEY_METAVARS.get(field.key) or _METAVARS.get(field.parse) or field.flag
+        self.name = name.upper()
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         parse = self.field.parse
@@ -34,6 +35,32 @@ class FieldType(click.ParamType):
             return parse(value)
         except ValueError as e:
             self.fail(str(e), param, ctx)
+
+
+#: how --help shows a value of each parser
+_METAVARS: dict[Callable[[Any], Any], str] = {
+    cfg.parse_host_port: "host:port",
+    cfg.parse_path: "path",
+    cfg.parse_existing_file: "file",
+    cfg.parse_positive_float: "seconds",
+    cfg.parse_count: "n",
+    cfg.parse_size: "size",
+    cfg.parse_mode: "monitor|enforce",
+    cfg.parse_proxy_mode: "mode",
+    cfg.parse_optional_str: "text",
+    cfg.parse_url_or_empty: "url",
+    cfg.parse_webhook_format: "json|slack",
+    cfg.parse_bpf: "filter",
+}
+
+
+_KEY_METAVARS = {
+    "store.url": "url",
+    "sensor.name": "name",
+    "proxy.passthrough": "host",
+    "policy.catalogs": "file",
+    "sniffer.interfaces": "iface",
+}
 
 
 def _item_parser(field: cfg.Field) -> Callable[[Any], Any]:
