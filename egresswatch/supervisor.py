@@ -620,7 +620,10 @@ class Monitor:
         try:
             pid_file.parent.mkdir(parents=True, exist_ok=True)
             pid_file.write_text(f"{os.getpid()}\n")
-            state_path(pid_file).write_text(json.dumps(self.state(), indent=2) + "\n")
+            # 0600: a server database URL may carry a password (as the config file does).
+            fd = os.open(state_path(pid_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(self.state(), indent=2) + "\n")
         except OSError as e:
             self.out(f"egresswatch: cannot write {pid_file}: {e} ('status' will not find us)")
 

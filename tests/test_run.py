@@ -121,6 +121,8 @@ def test_make_run_starts_on_defaults(lab: Lab, ns: str, tmp_path: Path) -> None:
     assert st["flows_last_minute"] >= 1, st
     assert st["metrics"]["egresswatch_decisions_total"] >= 1
     assert st["state"]["proxy"] == "regular 127.0.0.1:8080"
+    state_file = tmp_path / "data/egresswatch/egresswatch.pid.json"
+    assert state_file.stat().st_mode & 0o777 == 0o600  # may hold a database password
 
     assert stop(rp) == 0, rp.output()
     assert "/defaults-check" in flow_paths(db_file(tmp_path))
