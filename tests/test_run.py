@@ -314,3 +314,21 @@ def test_sniffer_that_keeps_failing_ends_the_monitor(lab: Lab, ns: str, tmp_path
     assert code == 4, out
     assert "sniffer stopped" in out and "restarting" in out
     assert "egresswatch: error: the sniffer on rsv0 failed 2 times" in out
+
+
+def test_sniffer_only_monitor_reloads_records_and_stops_cleanly(
+    lab: Lab, ns: str, tmp_path: Path
+) -> None:
+    argv = [egresswatch_bin(), "run", "--no-proxy", "-i", "lo", "--sensor-name", "snf"]
+    rp = start_run(lab, ns, argv, run_env(tmp_path))
+    os.kill(rp.proc.pid, signal.SIGHUP)
+    rp.wait_line("reloaded policy (shipped default, mode monitor)")
+
+    def direct() -> tuple[int, bytes]:  # no proxy: only the sniffer sees it
+        return http_get(f"http://{SERVER}:{SERVER_PORT}/sniffed-only")
+
+    assert in_netns(ns, direct)[0] == 200
+    assert stop(rp) == 0, rp.output()
+    rows = [r for r in flow_rows(db_file(tmp_path)) if r.sensor == "sniffer"]
+    hosts = {(r.dst_addr, r.dst_port, r.http_host, r.node) for r in rows}
+    assert (SERVER, SERVER_PORT, SERVER, "snf") in hosts, hosts
