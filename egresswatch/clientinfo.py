@@ -115,7 +115,7 @@ class ProcessLookup:
         proc: str | Path = "/proc",
         *,
         max_pids: int = 4096,
-        budget: float = 0.5,
+        budget: float = 1.0,
     ) -> None:
         self.proc = Path(proc)
         self.max_pids = max_pids
@@ -123,6 +123,8 @@ class ProcessLookup:
         self._lock = threading.Lock()
         self._owners: dict[int, ProcessInfo] = {}
         self._scan_started = float("-inf")
+        #: highest pid seen by the last full scan (pids grow until they wrap at pid_max)
+        self._max_pid = 0
         self.scans = 0
 
     def owner(self, addr: str, port: int) -> ProcessInfo | None:
@@ -131,6 +133,13 @@ class ProcessLookup:
         inode = self._inode(addr, port)
         if inode is None:
             return None
+        # Fast path, without waiting for a full scan that may be running: a client that just
+        # connected is usually a process started since the last scan (short-lived ones such
+        # as curl may be gone by the time a queued full scan reaches them).
+        if self._max_pid:
+            fresh = self._scan(min_pid=self._max_pid + 1)
+            if inode in fresh:
+                return fresh[inode]
         with self._lock:
             hit = self._owners.get(inode)
             if hit is not None:
@@ -157,16 +166,23 @@ class ProcessLookup:
                     return int(fields[9])
         return None
 
-    def _scan(self) -> dict[int, ProcessInfo]:
-        self.scans += 1
+    def _scan(self, min_pid: int = 0) -> dict[int, ProcessInfo]:
+        """inode -> owner for the sockets of processes with pid >= ``min_pid``."""
         owners: dict[int, ProcessInfo] = {}
         deadline = time.monotonic() + self.budget
         try:
             # Newest first: a client that just connected is most often a recent process,
             # and the budget may run out before the oldest ones.
-            pids = sorted((int(p) for p in os.listdir(self.proc) if p.isdigit()), reverse=True)
+            pids = sorted(
+                (int(p) for p in os.listdir(self.proc) if p.isdigit() and int(p) >= min_pid),
+                reverse=True,
+            )
         except OSError:
             return owners
+        if min_pid == 0:
+            self.scans += 1
+            if pids:
+                self._max_pid = max(self._max_pid, pids[0])
         for pid in pids[: self.max_pids]:
             if time.monotonic() > deadline:
                 break

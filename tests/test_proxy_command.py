@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -114,7 +115,7 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
 
 
 @pytest.mark.slow
-def test_real_run_on_loopback_records_and_stops_cleanly(tmp_path: Path) -> None:
+def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     server_port, proxy_port, metrics_port = _free_port(), _free_port(), _free_port()
     log = tmp_path / "server.jsonl"
     server = subprocess.Popen(
@@ -150,19 +151,32 @@ def test_real_run_on_loopback_records_and_stops_cleanly(tmp_path: Path) -> None:
     )
     try:
         _wait_port(proxy_port, proxy)
-        r = httpx.post(
-            f"http://127.0.0.1:{server_port}/v1/chat/completions",
-            json={"messages": [{"role": "user", "content": "hi"}]},
-            proxy=f"http://127.0.0.1:{proxy_port}",
-            timeout=10,
+        # a client app in its own process, on the same host
+        r = subprocess.run(
+            [
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "-x",
+                f"http://127.0.0.1:{proxy_port}",
+                "-H",
+                "content-type: application/json",
+                "-d",
+                '{"messages": [{"role": "user", "content": "hi"}]}',
+                f"http://127.0.0.1:{server_port}/v1/chat/completions",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        assert r.status_code == 200 and r.json()["object"] == "chat.completion"
+        assert json.loads(r.stdout)["object"] == "chat.completion"
         assert [e["path"] for e in read_log(log) if e["event"] == "request"] == [
             "/v1/chat/completions"
         ]
         metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
         assert "egresswatch_decisions_total" in metrics
-        proxy.send_signal(signal.SIGINT)
+        proxy.send_signal(signal.SIGTERM)  # as systemd stops it: must flush and exit 0
         _, err = proxy.communicate(timeout=20)
         assert proxy.returncode == 0, err.decode()
         text = err.decode()
@@ -182,7 +196,8 @@ def test_real_run_on_loopback_records_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         store.close()
     assert [r.path for r in rows] == ["/v1/chat/completions"]
-    assert rows[0].client_app == "httpx" and rows[0].client_process  # same host: /proc lookup
+    assert rows[0].client_app == "curl"
+    assert rows[0].client_process == "curl" and rows[0].client_pid  # same host: /proc lookup
 
 
 @pytest.mark.slow

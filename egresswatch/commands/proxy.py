@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,11 @@ def run_proxy(config: ProxyConfig, inspector: Any = None, sinks: Any = None) -> 
 
     async def main() -> None:
         master = build_master(config, inspector, sinks)
+        loop = asyncio.get_running_loop()
+        # SIGTERM (systemd, docker stop) and SIGINT stop mitmproxy the orderly way: its
+        # "done" hooks run, so the store writer flushes what it still holds.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
         await master.run()
 
     try:
