@@ -535,3 +535,38 @@ def test_count_helpers_agree_with_sql(store: Store, tmp_path: Path) -> None:
     with store.connect() as conn:
         assert conn.execute(select(func.count()).select_from(Flow)).scalar_one() == 30
     assert count_flows(store) == 30 == store.info().flows
+
+
+def test_journal_left_by_a_stopped_writer_is_replayed_by_the_next(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from egresswatch.store import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    store = open_store(str(tmp_path / "j.db"))
+    first = writer_for(store, tmp_path)
+    blocker = sqlite3.connect(tmp_path / "j.db")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        for i in range(40):
+            first.record(make_decision(i))
+        first.close()  # the database is still locked: the batches stay in the journal
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert first.stats.spilled == 40 and first.stats.written == 0
+    assert (tmp_path / "spill.jsonl").exists() and count_flows(store) == 0
+    second = writer_for(store, tmp_path)
+    assert second.stats.spilling and second.stats.spill_records == 40
+    second.record(make_decision(40))
+    second.close()
+    stats = second.stats
+    assert stats.written == 41 and not stats.spilling
+    # the new decision queues behind the journal if it came while the replay ran
+    assert stats.replayed == 40 + stats.spilled and stats.spilled in (0, 1)
+    with store.connect() as conn:
+        ids = [r[0] for r in conn.execute(select(Flow.decision_id).order_by(Flow.id))]
+    assert ids == [make_decision(i).id for i in range(41)]
+    store.close()
