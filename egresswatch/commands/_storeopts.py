@@ -163,7 +163,8 @@ _FILTER_OPTIONS: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         "payload_types",
         type=click.Choice([p.value for p in PayloadType]),
         multiple=True,
-        help="Payload type (repeatable).",
+        metavar="TYPE",
+        help="Payload type (repeatable): " + ", ".join(p.value for p in PayloadType) + ".",
     ),
     click.option(
         "--verdict",
