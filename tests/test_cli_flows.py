@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from conftest import egresswatch_bin
+from helpers import pg as pg_helpers
 from helpers.storedata import make_decision
 
 from egresswatch.cli import cli
@@ -304,3 +305,40 @@ def test_parse_time() -> None:
     assert parse_time("2026-11-28T14:00:00Z") == 1795874400.0
     with pytest.raises(ValueError, match="neither a duration"):
         parse_time("yesterday")
+
+
+pg_server = pg_helpers.pg_server  # fixtures: the same CLI on SQLite and PostgreSQL
+store_url = pg_helpers.store_url
+
+
+def test_same_cli_on_sqlite_and_postgresql(store_url: str, tmp_path: Path) -> None:
+    store = open_store(store_url)
+    w = store.writer(spill_path=tmp_path / "spill.jsonl", node="central-1")
+    now = time.time()
+    decisions = [make_decision(i, ts=now - 60 - i * 600, findings=i % 2) for i in range(12)]
+    for d in decisions:
+        w.record(d)
+    w.close()
+    store.close()
+    proc = run(
+        "flows", "--db", store_url, "--format", "json", "--since", "62m", "--sensor", "central-1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert [r["decision_id"] for r in json.loads(proc.stdout)] == [
+        d.id for d in decisions if d.observation.time >= now - 62 * 60
+    ]
+    info = json.loads(run("db", "info", "--db", store_url, "--json").stdout)
+    assert (info["flows"], info["findings"], info["dialect"]) == (
+        12,
+        6,
+        store_url.split(":")[0].split("+")[0],
+    )
+    pruned = json.loads(
+        run("db", "prune", "--db", store_url, "--older-than", "62m", "--json").stdout
+    )
+    assert pruned["flows"] == sum(1 for d in decisions if d.observation.time < now - 62 * 60)
+    tail = run("tail", "--db", store_url, "-n", "2", "--max", "2", "--format", "json")
+    assert [json.loads(x)["decision_id"] for x in tail.stdout.splitlines()] == [
+        decisions[1].id,
+        decisions[0].id,
+    ]
