@@ -1045,7 +1045,7 @@ def online_ruleset(table: str, iface: str, ports: Ports) -> str:
     )
 
 
-def run_verify(config: VerifyConfig, *, log: Any = None) -> VerifyReport:
+def run_verify(config: VerifyConfig) -> VerifyReport:
     """Run ``config.command`` in a fresh namespace behind the verify gateway; return the report.
 
     Raises VerifyError (setup, gateway start) and ConfigError (policy, catalog, GeoIP).

@@ -387,6 +387,19 @@ def test_unprivileged_user_namespace_path(tmp_path: Path) -> None:
 
 
 @needs_root
+def test_bad_policy_is_a_config_error_before_any_namespace(tmp_path: Path) -> None:
+    bad = tmp_path / "policy.toml"
+    bad.write_text('mode = "enforce"\n[[rules]]\nname = 1\n')
+    res = subprocess.run(
+        [egresswatch_bin(), "verify", "--confdir", str(tmp_path), "--policy", str(bad),
+         "--", "true"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert str(bad) in res.stderr and "Traceback" not in res.stderr
+
+
+@needs_root
 def test_missing_command_is_a_usage_error(tmp_path: Path) -> None:
     res = subprocess.run(
         [egresswatch_bin(), "verify", "--confdir", str(tmp_path), "--", "no-such-program-x"],
