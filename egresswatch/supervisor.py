@@ -226,6 +226,9 @@ class Monitor:
         self._failure: str | None = None
         self._reloading = False
         self._closed = False
+        #: when the banner was printed (UNIX time), for ``status``
+        self._started = 0.0
+        self._aborting: asyncio.Future[None] | None = None
 
     # -- building ----------------------------------------------------------------------
 
@@ -246,7 +249,12 @@ class Monitor:
             raise RunError(
                 "nothing to run: the proxy is disabled and no sniffer interface is configured"
             )
-        inspector = runtime.build_inspector(self.settings)
+        try:
+            inspector = runtime.build_inspector(self.settings)
+        except EgressWatchError:
+            raise
+        except (OSError, ValueError) as e:  # a data file the loaders did not wrap
+            raise EgressWatchError(f"cannot load the inspector's data: {e}") from e
         self.inspector = LiveInspector(inspector)
         if c["proxy.enabled"]:
             from egresswatch.commands.proxy import ensure_ca
@@ -337,6 +345,7 @@ class Monitor:
                 )
                 self.master.addons.add(self.inflight)
                 watcher = asyncio.create_task(self._watch())
+                watcher.add_done_callback(self._watcher_done)
                 try:
                     await self.master.run()
                 finally:
@@ -366,6 +375,16 @@ class Monitor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), WATCH_INTERVAL)
         await self._drain()
+
+    def _watcher_done(self, task: asyncio.Task[None]) -> None:
+        """The supervisor itself failed: stop the proxy too rather than run unwatched."""
+        if task.cancelled() or task.exception() is None:
+            return
+        e = task.exception()
+        self._failure = self._failure or f"the supervisor failed: {type(e).__name__}: {e}"
+        self._stop.set()
+        self._hurry = True
+        self._aborting = asyncio.ensure_future(self._drain())
 
     def _proxy_listening(self) -> bool:
         ps = self.master.addons.get("proxyserver")
@@ -611,8 +630,6 @@ class Monitor:
             "reloads": self.inspector.reloads if self.inspector else 0,
             "ca": str(self.ca) if self.ca else None,
         }
-
-    _started: float = 0.0
 
     def _write_state(self) -> None:
         self._started = self._started or time.time()

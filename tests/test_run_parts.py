@@ -234,3 +234,38 @@ def test_metrics_port_in_use_is_one_line_exit_4(tmp_path: Path) -> None:
     assert result.stderr.startswith("egresswatch: error: ")
     assert str(port) in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "data/egresswatch/egresswatch.pid").exists()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_failing_supervisor_stops_the_proxy_too(tmp_path: Path) -> None:
+    """If the watcher itself breaks (here: the console), the proxy must not run unwatched."""
+    import socket
+
+    port = _free_port()
+    conf = conf_for(
+        tmp_path,
+        f'[proxy]\nlisten = "127.0.0.1:{port}"\nconfdir = "{tmp_path / "mitm"}"\n'
+        f'[metrics]\nenabled = false\n[store]\nurl = "sqlite:///{tmp_path / "f.db"}"\n',
+    )
+    seen: list[str] = []
+
+    def out(line: str) -> None:
+        seen.append(line)
+        if line.startswith("Proxy: regular on"):
+            with socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass  # the proxy really listened before the failure
+            raise BrokenPipeError("console went away")
+
+    monitor = Monitor(conf, out=out)
+    with pytest.raises(RunError, match="the supervisor failed: BrokenPipeError: console went"):
+        monitor.run()
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 2):
+        pass
+    assert not conf.pid_file().exists()
