@@ -269,3 +269,21 @@ def test_a_failing_supervisor_stops_the_proxy_too(tmp_path: Path) -> None:
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), 2):
         pass
     assert not conf.pid_file().exists()
+
+
+def test_reload_reads_the_catalog_files_again(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.toml"
+    extra.write_text("")
+    monitor = Monitor(conf_for(tmp_path, f'[policy]\ncatalogs = ["{extra}"]\n'))
+    from egresswatch.runtime import build_inspector
+
+    monitor.inspector = LiveInspector(build_inspector(monitor.settings))
+    assert monitor.inspector.catalog.match("llm.acme.example") is None
+    extra.write_text(
+        '[[service]]\nid = "acme-llm"\nname = "ACME internal LLM"\noperator = "ACME"\n'
+        'operator_country = "NL"\ncategory = "chat-api"\ndomains = ["llm.acme.example"]\n'
+    )
+    new = monitor.reload_inspector()
+    match = new.catalog.match("llm.acme.example")
+    assert match is not None and match.service.id == "acme-llm"
+    assert new.geo is monitor.inspector.geo  # GeoIP is kept, not reopened
