@@ -594,8 +594,11 @@ class Monitor:
         if overrides:
             out.append(f"GeoIP: overrides {overrides}")
         if getattr(geo, "registry", False):
+            from egresswatch.geo.mmdb import registry_version
+
             out.append(
-                "GeoIP: RIR registry fallback (iptocc, shipped with the package)"
+                f"GeoIP: RIR registry fallback (iptocc {registry_version()}: its data is as "
+                "old as the installed package)"
                 + ("" if dbs else " only - see 'egresswatch geoip --help' for databases")
             )
         if not out:

@@ -145,7 +145,9 @@ def test_banner_names_every_part(tmp_path: Path) -> None:
     assert "Sniffer: off" in text
     assert f"GeoIP: egresswatch-Country-ASN (country+asn) {db}, built " in text
     assert "0 days old" in text
-    assert "GeoIP: RIR registry fallback (iptocc, shipped with the package)" in text
+    from egresswatch.geo.mmdb import registry_version
+
+    assert f"GeoIP: RIR registry fallback (iptocc {registry_version()}: its data" in text
 
 
 def test_status_reads_pid_state_metrics_and_database(tmp_path: Path) -> None:
