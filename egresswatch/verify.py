@@ -1176,6 +1176,10 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
             if status == 127 and not records_path.exists():
                 notes.append(f"the command could not be started: {config.command[0]}")
         records = _read_records(records_path)
+        if records and "truncated" in records[-1]:
+            notes.append(
+                f"more than {records.pop()['truncated']} attempts: the rest were not recorded"
+            )
     except KeyboardInterrupt:
         raise VerifyError("interrupted; the namespaces and processes were removed") from None
     finally:

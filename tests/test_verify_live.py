@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -33,7 +34,10 @@ def leftovers() -> dict[str, list[str]]:
     """Namespaces, /etc/netns entries and nft tables that a verify run would own."""
     ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     etc = Path("/etc/netns")
+    tmp = Path(tempfile.gettempdir())
     return {
+        "gateways": marker_procs("egresswatch.verifylab"),
+        "workdirs": sorted(p.name for p in tmp.glob("egresswatch-verify-*")),
         "netns": sorted(line.split()[0] for line in ns.splitlines() if line.startswith("ewv")),
         "etc": sorted(p.name for p in etc.iterdir() if p.name.startswith("ewv"))
         if etc.exists()
