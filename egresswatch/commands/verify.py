@@ -52,7 +52,7 @@ class ProfileType(click.ParamType):
             return value
         profiles = load_profiles()
         key = str(value).strip().lower().replace("-", "").replace(" ", "")
-        aliases = {"hf": "huggingface", "huggingfacehub": "huggingface", "lmstudio": "lmstudio"}
+        aliases = {"hf": "huggingface", "huggingfacehub": "huggingface"}
         key = aliases.get(key, key)
         if key not in profiles:
             self.fail(
@@ -119,8 +119,8 @@ class TimeoutType(click.ParamType):
 @click.option(
     "--online",
     is_flag=True,
-    help="Forward allowed traffic for real (machines with internet only). Refuses when "
-    "there is no route to the internet.",
+    help="Forward allowed traffic for real (machines with internet only; root). Refuses "
+    "when no route could reach the internet.",
 )
 @click.option(
     "--catalog",
@@ -166,6 +166,8 @@ def verify(**params: Any) -> None:
     interrupted). The command's own exit status is in the report.
 
     Needs root (namespaces, nftables); through sudo the command runs as you.
+    Without root, verify runs itself in an unprivileged user namespace where the
+    kernel allows it (like unshare -rn). See docs/verify.md.
     """
     from egresswatch import verify as v
 
