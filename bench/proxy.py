@@ -39,6 +39,7 @@ from typing import Any  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from helpers import mitm  # noqa: E402
 from helpers.servers import make_pki  # noqa: E402
 
 HOST = "api.openai.com"
@@ -235,7 +236,7 @@ class _NullSink:
 async def _drive(addon: Any, flows: list[Any], resp: Any) -> float:
     t = time.perf_counter()
     for f in flows:
-        await addon.requestheaders(f)
+        await mitm.hook(addon.requestheaders(f))
         addon.request(f)
         f.response = resp
         addon.response(f)
@@ -244,7 +245,6 @@ async def _drive(addon: Any, flows: list[Any], resp: Any) -> float:
 
 def hook_cost(tmp: Path, n: int) -> None:
     """CPU per request spent in the addon's hooks, in process (no sockets, real pipeline)."""
-    from helpers import mitm
     from mitmproxy.test import tflow
     from prometheus_client import CollectorRegistry
 

@@ -36,7 +36,7 @@ import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from mitmproxy import connection, ctx, exceptions, http, tcp, tls, udp, websocket
@@ -611,12 +611,22 @@ class EgressWatch:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         if not flow.live:
-            return
+            return None
         host = (flow.server_conn.address or (flow.request.host, 0))[0]
         if not _is_ip(host) and host not in self._dns:
-            await self._resolve(host)
+            # Only a name not yet resolved needs the event loop; mitmproxy awaits what a hook
+            # returns, so the common case stays a plain call (no coroutine per request).
+            return self._resolve_then_headers(flow, host)
+        self._requestheaders(flow)
+        return None
+
+    async def _resolve_then_headers(self, flow: http.HTTPFlow, host: str) -> None:
+        await self._resolve(host)
+        self._requestheaders(flow)
+
+    def _requestheaders(self, flow: http.HTTPFlow) -> None:
         length = flow.request.headers.get("content-length")
         chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
         too_big = chunked or (

@@ -110,7 +110,7 @@ def test_enforce_mode_switches_to_lazy_connections() -> None:
 async def test_blocked_request_gets_451_with_reasons() -> None:
     addon, sink, _tctx = make()
     f = mitm.http_flow()
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     assert f.response is None and sink.decisions == []  # buffered body: judged once, below
     addon.request(f)
     assert f.response is not None and f.response.status_code == 451
@@ -133,7 +133,7 @@ async def test_large_upload_blocked_at_headers_before_its_body() -> None:
     addon, sink, _tctx = make(egresswatch_body_limit="1k", egresswatch_stream_above="1m")
     f = mitm.http_flow(body=b"")
     f.request.headers["content-length"] = str(10 * 1024 * 1024)
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     assert f.response is not None and f.response.status_code == 451
     assert f.request.stream is False or f.request.stream is None
     assert [d.observation.stage for d in sink.decisions] == [Stage.REQUEST_HEADERS]
@@ -144,7 +144,7 @@ async def test_large_upload_blocked_at_headers_before_its_body() -> None:
 async def test_monitor_mode_records_would_block_and_goes_on() -> None:
     addon, sink, _tctx = make(Mode.MONITOR)
     f = mitm.http_flow()
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     addon.request(f)
     assert f.response is None
     assert f.metadata["egresswatch"]["verdict"] == "would-block"
@@ -155,7 +155,7 @@ async def test_body_block_at_request_hook() -> None:
     addon, sink, _tctx = make()
     body = b'{"messages": [], "api_key": "sk-secret-123"}'
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=body)
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     assert f.response is None  # headers alone are fine
     addon.request(f)
     assert f.response is not None and f.response.status_code == 451
@@ -167,7 +167,7 @@ async def test_body_block_at_request_hook() -> None:
 async def test_allowed_request_records_once_and_closes_with_bytes() -> None:
     addon, sink, _tctx = make()
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     addon.request(f)
     mitm.answer(f, b'{"choices": []}')
     addon.response(f)
@@ -181,7 +181,7 @@ async def test_body_limit_bounds_what_is_classified() -> None:
     addon, _sink, _tctx = make(egresswatch_body_limit="16", egresswatch_stream_above="32")
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
     f.request.headers["content-length"] = str(len(CHAT))
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     assert isinstance(f.request.stream, proxy._HeadHold)
 
 
@@ -189,7 +189,7 @@ async def test_medium_body_is_buffered_and_judged_on_its_head() -> None:
     addon, sink, _tctx = make(egresswatch_body_limit="64", egresswatch_stream_above="1m")
     body = b'{"messages": [{"content": "' + b"a" * 200 + b' sk-secret"}]}'
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=body)
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     assert not f.request.stream
     addon.request(f)
     obs = sink.decisions[-1].observation
@@ -230,7 +230,7 @@ async def test_streamed_upload_blocked_on_its_head() -> None:
     body = b'{"messages": [], "x": "' + b"sk-secret" + b"A" * 100 + b'"}'
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=b"")
     f.request.headers["content-length"] = str(len(body))
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     stream = f.request.stream
     assert isinstance(stream, proxy._HeadHold)
     sent = [stream(body[i : i + 10]) for i in range(0, len(body), 10)]
@@ -337,7 +337,7 @@ def test_udp_quic_refused_by_default(port: int, allow_quic: bool, killed: bool) 
 async def test_replayed_flows_are_not_egress() -> None:
     addon, sink, _tctx = make()
     f = mitm.http_flow(live=False)
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     addon.request(f)
     assert sink.decisions == [] and f.response is None
 
@@ -428,7 +428,7 @@ async def test_record_waits_for_process_lookup_but_verdict_does_not() -> None:
     f = mitm.http_flow(host="api.openai.com", addr="198.51.100.20", body=CHAT)
     pending: asyncio.Future[ProcessInfo | None] = asyncio.get_running_loop().create_future()
     addon._attr[f.client_conn.id] = pending
-    await addon.requestheaders(f)
+    await mitm.hook(addon.requestheaders(f))
     addon.request(f)
     assert f.metadata["egresswatch"]["verdict"] == "allow"  # judged already
     mitm.answer(f, b"{}")
@@ -440,3 +440,18 @@ async def test_record_waits_for_process_lookup_but_verdict_does_not() -> None:
     assert sink.decisions[0].observation.client_process == "python3"
     assert sink.decisions[0].id == f.metadata["egresswatch"]["decision_id"]
     assert [c.flow_id for c in sink.closed] == [f.id]  # and in order: decision, then close
+
+
+async def test_destination_known_by_name_is_resolved_once_for_judging() -> None:
+    # Regular mode: the CONNECT/absolute-form name, not an address. "localhost" resolves from
+    # /etc/hosts, so no DNS query leaves the machine.
+    addon, sink, _tctx = make()
+    f = mitm.http_flow(host="localhost", addr=None, port=80, body=CHAT)
+    pending = addon.requestheaders(f)
+    assert pending is not None  # the name needs the event loop once
+    await pending
+    addon.request(f)
+    assert sink.decisions[0].observation.dst_addr in ("127.0.0.1", "::1")
+    assert sink.decisions[0].observation.dns_name == "localhost"
+    g = mitm.http_flow(host="localhost", addr=None, port=80, body=CHAT)
+    assert addon.requestheaders(g) is None  # cached: a plain call

@@ -5,6 +5,7 @@ and fakes built on egresswatch's real interfaces for the proxy addon's unit test
 from __future__ import annotations
 
 import contextlib
+import inspect
 import ssl
 from dataclasses import dataclass, field
 
@@ -134,6 +135,12 @@ class RecordingSink:
 
 
 # -- mitmproxy test objects ----------------------------------------------------------------
+
+
+async def hook(result: object) -> None:
+    """Await what a hook returned, if anything (mitmproxy does the same)."""
+    if inspect.isawaitable(result):
+        await result
 
 
 def context(*addons: object) -> taddons.context:
