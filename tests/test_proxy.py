@@ -455,3 +455,12 @@ async def test_destination_known_by_name_is_resolved_once_for_judging() -> None:
     assert sink.decisions[0].observation.dns_name == "localhost"
     g = mitm.http_flow(host="localhost", addr=None, port=80, body=CHAT)
     assert addon.requestheaders(g) is None  # cached: a plain call
+
+
+@given(st.text(max_size=12))
+def test_parse_size_returns_bytes_or_value_error(text: str) -> None:
+    try:
+        value = proxy.parse_size(text)
+    except ValueError:
+        return
+    assert isinstance(value, int) and value >= 0

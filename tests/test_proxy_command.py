@@ -224,3 +224,12 @@ def test_port_in_use_is_a_runtime_error(tmp_path: Path) -> None:
     assert res.returncode == 4, res.stderr
     assert "egresswatch: error: mitmproxy could not start" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize(
+    "mode", ["regular", "transparent", "wireguard", "upstream:http://127.0.0.1:3128", "socks5"]
+)
+def test_supported_modes_are_accepted(mode: str) -> None:
+    from egresswatch.commands.proxy import ProxyModeType
+
+    assert ProxyModeType().convert(mode, None, None) == mode
