@@ -550,6 +550,32 @@ def test_transparent_plain_http_blocked_at_headers(plab: ProxyLab) -> None:
     assert plab.server_events(t0) == []
 
 
+def test_transparent_websocket_and_http2_judged(plab: ProxyLab) -> None:
+    t0 = time.time()
+    r = plab.client("ws", "https://api.openai.com", proxy=False)
+    assert r["ok"] and r["detail"][1] is None, r  # the card message was dropped
+    time.sleep(0.3)
+    assert [m["data"] for m in plab.server_events(t0, "ws-message")] == ['{"prompt": "hello lab"}']
+    code, out = plab.curl(
+        "--http2",
+        "-w",
+        "\n%{http_version}",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        json.dumps(CARD_CHAT),
+        "https://api.openai.com/v1/chat/completions",
+        proxy=False,
+    )
+    body, version = out.rsplit("\n", 1)
+    assert code == 0 and version == "2" and json.loads(body)["rule"] == "no-card-numbers"
+    for proto in ("websocket", "https"):
+        rows = plab.wait_rows(
+            plab.db_transparent, t0, lambda r, p=proto: r.verdict == "block" and r.protocol == p
+        )
+        assert rows, proto
+
+
 def test_transparent_ipv6_judged_by_address(plab: ProxyLab) -> None:
     t0 = time.time()
     us, cn = INTERNET_V6["us"], INTERNET_V6["cn"]
