@@ -274,3 +274,68 @@ def test_one_gib_streamed_upload_intact_memory_bounded(plab: ProxyLab, tmp_path:
     assert rows[0].stage == "request" and "body-truncated" in rows[0].flags
     assert rows[0].verdict == "allow"
     assert rss.peak_mib < UPLOAD_RSS_BOUND_MIB
+
+
+# -- DNS over HTTPS / TLS, seen by the sniffer -----------------------------------------------
+
+_HOLD_SERVER = """
+import socket, sys, threading, time
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], port)); s.listen(8)
+    while True:
+        c, _ = s.accept(); c.settimeout(2)
+        try: c.recv(65536)
+        except OSError: pass
+        c.close()
+for p in (443, 853):
+    threading.Thread(target=serve, args=(p,), daemon=True).start()
+print("READY", flush=True)
+time.sleep(120)
+"""
+_DOT_CLIENT = """
+import socket, ssl, sys
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+s = socket.create_connection((sys.argv[1], 853), timeout=5)
+try: ctx.wrap_socket(s, server_hostname="dns.quad9.net")
+except (OSError, ssl.SSLError): pass
+print("DONE")
+"""
+
+
+def test_doh_and_dot_flagged_by_the_sniffer(tmp_path: Path) -> None:
+    """curl's own DoH (``--doh-url https://dns.google/dns-query``) and a TLS client on port
+    853 (RFC 7858) leave the lab past the gateway; the sniffer there marks both."""
+    import signal as sig
+    import sys
+
+    from conftest import egresswatch_bin
+    from helpers.lab import internet_lab, wait_for
+
+    cn = INTERNET_V4["cn"]
+    with internet_lab("hd", hosts={"dns.google": cn}, v6=False) as net:
+        lab = net.lab
+        lab.spawn(net.internet, [sys.executable, "-c", _HOLD_SERVER, cn], ready="READY")
+        out, err = tmp_path / "flows.jsonl", tmp_path / "sniff.err"
+        sniff = subprocess.Popen(
+            ["ip", "netns", "exec", net.gateway, egresswatch_bin(), "sniff", "-i",
+             net.client_iface, "--json", "--no-judge", "--duration", "60"],
+            stdout=out.open("wb"),
+            stderr=err.open("wb"),
+            start_new_session=True,
+        )  # fmt: skip
+        lab.procs.append(sniff)
+        assert wait_for(lambda: "capturing on" in err.read_text(), timeout=20), err.read_text()
+        lab.sh(
+            "curl", "-s", "--max-time", "5", "--doh-url", "https://dns.google/dns-query",
+            "http://chat.lab.example/", ns=net.client, check=False,
+        )  # fmt: skip
+        res = lab.sh(sys.executable, "-c", _DOT_CLIENT, cn, ns=net.client, timeout=30)
+        assert "DONE" in res.stdout
+        time.sleep(0.5)
+        sniff.send_signal(sig.SIGTERM)
+        sniff.wait(timeout=30)
+    flows = [json.loads(line) for line in out.read_text().splitlines()]
+    marks = {(f["server"]["port"], f["sni"]): (f["encrypted_dns"], f["resolver"]) for f in flows}
+    assert marks.get((443, "dns.google")) == ("doh", "Google"), marks
+    assert marks.get((853, "dns.quad9.net"), (None,))[0] == "dot", marks
