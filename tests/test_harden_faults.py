@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from conftest import egresswatch_bin, is_root
 from helpers.lab import Lab
-from helpers.load import drive
+from helpers.load import LoadResult, drive
 from helpers.pg import PgServer, why_no_postgres
 from helpers.runmon import SERVER, http_get, in_netns, run_env, start_run, start_server
 
@@ -77,19 +77,19 @@ def test_postgres_restart_under_load_loses_nothing(lab: Lab, ns: str, tmp_path: 
         server.start()
         server.createdb("egresswatch")
         url = f"postgresql+psycopg://postgres@/egresswatch?host={server.sock}&port={server.port}"
-        res = subprocess.run(
+        up = subprocess.run(
             [egresswatch_bin(), "db", "upgrade", "--db", url],
             capture_output=True,
             text=True,
             timeout=120,
         )
-        assert res.returncode == 0, res.stdout + res.stderr
+        assert up.returncode == 0, up.stdout + up.stderr
         env = run_env(tmp_path)
         env["EGRESSWATCH_DB"] = url
         (tmp_path / "data" / "egresswatch").mkdir(parents=True)
         rp = start_run(lab, ns, [egresswatch_bin(), "run"], env)
 
-        box: dict[str, object] = {}
+        box: dict[str, LoadResult] = {}
         stop = threading.Event()
 
         def load() -> None:
@@ -112,7 +112,7 @@ def test_postgres_restart_under_load_loses_nothing(lab: Lab, ns: str, tmp_path: 
         stop.set()
         t.join(OUTAGE + 120)
         res = box["res"]
-        answered = set(res.answered)  # type: ignore[attr-defined]
+        answered = set(res.answered)
         os.kill(rp.proc.pid, signal.SIGTERM)
         assert rp.proc.wait(120) == 0, rp.output()
 
@@ -131,7 +131,7 @@ def test_postgres_restart_under_load_loses_nothing(lab: Lab, ns: str, tmp_path: 
             f"{len(answered - set(rows))} lost; spilled while down: "
             f"{during.get('egresswatch_store_spill_records', 0):.0f}"
         )
-        assert not res.errors, res.errors  # type: ignore[attr-defined]
+        assert not res.errors, res.errors
         assert during.get("egresswatch_store_spill_records", 0) > 0, during  # it was down
         assert len(rows) == len(set(rows)), "a decision stored twice"
         assert answered <= set(rows), f"{len(answered - set(rows))} decisions lost"
