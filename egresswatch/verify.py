@@ -1189,7 +1189,7 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
         else:
             shutil.rmtree(work, ignore_errors=True)
     report = VerifyReport(
-        command=list(config.command),
+        command=redact_command(config.command),
         destinations=aggregate(
             records,
             allow=config.allow,
@@ -1206,6 +1206,31 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
         notes=notes,
     )
     return report
+
+
+def redact_command(argv: Sequence[str]) -> list[str]:
+    """The command line for reports: an argument carrying a secret is replaced whole.
+
+    Command lines carry keys too (``-H 'authorization: Bearer sk-…'``); the report keeps
+    only the classifier's redacted form of what it found there.
+    """
+    from egresswatch.classify.findings import Findings, find_sensitive, scan_headers
+
+    out: list[str] = []
+    for arg in argv:
+        found = find_sensitive(arg, "argv")
+        name, sep, value = arg.partition(":")
+        if sep and name.strip() and " " not in name.strip():
+            # curl -H / wget --header: a secret header is judged as the header it becomes
+            headers: Findings = {}
+            with contextlib.suppress(Exception):
+                scan_headers([(name.strip().lower(), value.strip())], headers)
+            found += [f for f in headers.values() if f not in found]
+        if found:
+            out.append("<redacted " + ", ".join(f"{f.kind} {f.redacted}" for f in found) + ">")
+        else:
+            out.append(arg)
+    return out
 
 
 def _opt(p: Path | None) -> str | None:

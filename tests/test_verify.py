@@ -249,6 +249,15 @@ def test_markdown(inspector: Any) -> None:
     assert "✅ PASS" in empty and "No egress was attempted." in empty
 
 
+def test_redact_command() -> None:
+    argv = ["curl", "-H", "authorization: Bearer sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+            "--data", "mail jane.doe@example.com", "https://api.openai.com/v1/models"]  # fmt: skip
+    out = v.redact_command(argv)
+    assert out[0] == "curl" and out[-1] == "https://api.openai.com/v1/models"
+    assert out[2].startswith("<redacted api-key ") and "abcdefghijklmnop" not in out[2]
+    assert out[4].startswith("<redacted email ") and "jane.doe@" not in out[4]
+
+
 # -- gateway parts ----------------------------------------------------------------------
 
 

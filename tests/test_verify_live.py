@@ -436,3 +436,37 @@ def test_online_forwards_only_allowed(tmp_path: Path, confdir: Path) -> None:
     assert by["models.example"]["allowed_by"] == ["--allow models.example"]
     assert by["other.example"]["allowed"] is False
     assert "ewv" not in left
+
+
+def test_two_runs_at_once_and_curl_trusts_the_bundle(tmp_path: Path, confdir: Path) -> None:
+    """Parallel CI jobs: each run has its own namespaces and link; curl reads CURL_CA_BUNDLE."""
+    before = leftovers()
+    runs = []
+    for i, cmd in enumerate(
+        [
+            ["curl", "-s", "-o", "/dev/null", "-w", "code=%{http_code}\\n",
+             "-H", "authorization: Bearer sk-proj-abcdefghijklmnopqrstuvwxyz0123456789",
+             "https://api.openai.com/v1/models"],
+            [PY, "-c", "import socket; socket.create_connection(('db.example.net', 5432), 5)"
+             ".sendall(b'PGSQL')"],
+        ]
+    ):  # fmt: skip
+        out = tmp_path / f"r{i}.json"
+        proc = subprocess.Popen(
+            [egresswatch_bin(), "verify", "--confdir", str(confdir), "--json", str(out),
+             "--", *cmd],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        runs.append((proc, out))
+    results = [(proc.communicate(timeout=180), proc.returncode, out) for proc, out in runs]
+    assert leftovers() == before
+    (curl_out, _), code, out = results[0]
+    assert code == 1 and "code=451" in curl_out
+    [d] = json.loads(out.read_text())["destinations"]
+    assert d["name"] == "api.openai.com" and d["service"]["operator_country"] == "US"
+    assert any(f["kind"] == "api-key" for f in d["findings"])
+    assert "abcdefghijklmnopqrstuvwxyz" not in out.read_text()
+    assert d["processes"] and d["processes"][0]["name"] == "curl"
+    _, code, out = results[1]
+    [d] = json.loads(out.read_text())["destinations"]
+    assert code == 1 and (d["name"], d["port"]) == ("db.example.net", 5432)
