@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -438,8 +439,18 @@ def test_online_forwards_only_allowed(tmp_path: Path, confdir: Path) -> None:
     assert "ewv" not in left
 
 
-def test_two_runs_at_once_and_curl_trusts_the_bundle(tmp_path: Path, confdir: Path) -> None:
-    """Parallel CI jobs: each run has its own namespaces and link; curl reads CURL_CA_BUNDLE."""
+NODE_FETCH = (
+    'fetch("https://api.anthropic.com/v1/messages", {method: "POST", '
+    'headers: {"content-type": "application/json"}, body: JSON.stringify({model: "claude", '
+    'messages: [{role: "user", content: "hi there"}]})})'
+    '.then(r => console.log("status", r.status)).catch(e => console.log("error", e.message))'
+)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed")
+def test_three_runs_at_once_curl_and_node_trust_the_bundle(tmp_path: Path, confdir: Path) -> None:
+    """Parallel CI jobs: each run has its own namespaces and link; curl reads CURL_CA_BUNDLE,
+    Node NODE_EXTRA_CA_CERTS."""
     before = leftovers()
     runs = []
     for i, cmd in enumerate(
@@ -449,6 +460,7 @@ def test_two_runs_at_once_and_curl_trusts_the_bundle(tmp_path: Path, confdir: Pa
              "https://api.openai.com/v1/models"],
             [PY, "-c", "import socket; socket.create_connection(('db.example.net', 5432), 5)"
              ".sendall(b'PGSQL')"],
+            ["node", "-e", NODE_FETCH],
         ]
     ):  # fmt: skip
         out = tmp_path / f"r{i}.json"
@@ -470,3 +482,10 @@ def test_two_runs_at_once_and_curl_trusts_the_bundle(tmp_path: Path, confdir: Pa
     _, code, out = results[1]
     [d] = json.loads(out.read_text())["destinations"]
     assert code == 1 and (d["name"], d["port"]) == ("db.example.net", 5432)
+    (node_out, _), code, out = results[2]
+    assert code == 1 and "status 451" in node_out
+    [d] = json.loads(out.read_text())["destinations"]
+    assert (d["name"], d["protocol"], d["payload_types"]) == (
+        "api.anthropic.com", "https", ["chat-prompt"]
+    )  # fmt: skip
+    assert d["processes"][0]["name"] == "node"
