@@ -286,6 +286,11 @@ class Metrics:
             "Decisions that raise an alert (alert, block, would-block), before deduplication.",
             (*FLOW_LABELS, "verdict"),
         )
+        self.bypasses = counter(
+            "egresswatch_bypass_flows_total",
+            "Flows the sniffer saw leave that the proxy never handled (QUIC, DoH, other ports).",
+            FLOW_LABELS,
+        )
         self.notifications = counter(
             "egresswatch_alert_notifications_total",
             "Alert delivery state changes per channel (delivered, retrying, failed, dropped).",
@@ -416,6 +421,10 @@ class Metrics:
             self._flows.clear()
 
     # -- other sources -----------------------------------------------------------
+
+    def bypass(self, decision: Decision) -> None:
+        """Count one bypass (see :mod:`egresswatch.bypass`); the flow itself was counted."""
+        self.bypasses.labels(*self._labels(decision)).inc()
 
     def alert_state(self, alert: Any) -> None:
         """Count an alert delivery state change; pass to ``AlertSink.on_state``."""

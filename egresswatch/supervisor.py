@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from egresswatch.bypass import BypassWatch
 from egresswatch.errors import EgressWatchError
 from egresswatch.model import Decision, FlowClosed, Mode, Observation
 
@@ -99,7 +100,7 @@ class SharedSink:
     store, the writer must be flushed only after both have stopped.
     """
 
-    def __init__(self, sinks: Sinks) -> None:
+    def __init__(self, sinks: Sinks | BypassWatch) -> None:
         self._sinks = sinks
 
     def record(self, decision: Decision) -> None:
@@ -217,6 +218,8 @@ class Monitor:
         self.verbose = verbose
         self.inspector: LiveInspector | None = None
         self.sinks: Sinks | None = None
+        #: with both sensors: the sinks behind the bypass watch (what the sensors feed)
+        self.bypass: BypassWatch | None = None
         self.sniff: _SnifferPart | None = None
         self.inflight = InFlight()
         self.master: Any = None
@@ -264,11 +267,25 @@ class Monitor:
             dataclasses.replace(self.settings, metrics_listen=None) if check else self.settings
         )
         self.sinks = runtime.build_sinks(settings, CollectorRegistry(), inspector)
+        if c["proxy.enabled"] and c["sniffer.interfaces"]:
+            self.bypass = BypassWatch(self.sinks, self._on_bypass)
         try:
             self._open_sniffer()
         except BaseException:
             self.sinks.close()
             raise
+
+    def _feed(self) -> Sinks | BypassWatch:
+        """What the sensors hand their decisions to."""
+        assert self.sinks is not None
+        return self.bypass if self.bypass is not None else self.sinks
+
+    def _on_bypass(self, decision: Decision) -> None:
+        """A flow went around the proxy: alert (the store records the alert) and count it."""
+        assert self.sinks is not None
+        if self.sinks.alerts is not None:
+            self.sinks.alerts.record(decision)
+        self.sinks.metrics.bypass(decision)
 
     def _proxy_config(self) -> Any:
         from egresswatch.commands.proxy import ProxyConfig
@@ -297,7 +314,7 @@ class Monitor:
         assert self.inspector is not None and self.sinks is not None
         sniffer = Sniffer(
             self.inspector.inspect,
-            SharedSink(self.sinks),
+            SharedSink(self._feed()),
             config=SnifferConfig(
                 idle_timeout=c["sniffer.idle_timeout"], max_flows=c["sniffer.max_flows"]
             ),
@@ -341,7 +358,7 @@ class Monitor:
 
                 assert self.sinks is not None
                 self.master = build_master(
-                    self._proxy_config(), self.inspector, SharedSink(self.sinks)
+                    self._proxy_config(), self.inspector, SharedSink(self._feed())
                 )
                 self.master.addons.add(self.inflight)
                 watcher = asyncio.create_task(self._watch())
@@ -509,7 +526,9 @@ class Monitor:
         if self.sniff is not None:
             self.sniff.stop()
             self.sniff.sniffer.close()  # finishes open flows: their decisions reach the store
-        if self.sinks is not None:
+        if self.bypass is not None:
+            self.bypass.close()  # decides the flows it still holds, then closes the sinks
+        elif self.sinks is not None:
             self.sinks.close()
         self._remove_state()
 

@@ -312,8 +312,23 @@ def test_client_behind_gateway_is_inspected_without_proxy_settings(tmp_path: Pat
         assert "chat.completion" in res.stdout
         reqs = [e for e in read_log(server_log) if e["event"] == "request"]
         assert any(e["path"] == "/v1/chat/completions" for e in reqs)
+        # One QUIC flow around the proxy (UDP/443 is not redirected; --block-quic drops it
+        # at the forward hook, after the sniffer on the LAN side has seen it leave).
+        here = str(Path(__file__).parent)
+        res = _in(net.client, sys.executable, "-c", QUIC_CLIENT, INTERNET_V4["cn"], here)
+        assert res.returncode == 0, res.stderr
         os.kill(rp.proc.pid, 15)
         assert rp.proc.wait(60) == 0, rp.output()
+        # Bypass: exactly the QUIC flow, named, with its client; the proxied HTTPS
+        # connection the sniffer also saw is not one.
+        alerts_log = db.with_name(db.name + ".alerts.jsonl")
+        alerts = [json.loads(line) for line in alerts_log.read_text().splitlines()]
+        bypass = [a for a in alerts if a["rule"] == "bypass"]
+        assert len(bypass) == 1, alerts
+        assert bypass[0]["client"] == net.client_addr
+        assert bypass[0]["host"] == "chat.deepseek.com"
+        assert bypass[0]["country"] == "CN"
+        assert all(a.get("host") != "api.openai.com" for a in bypass)
         rows = [r for r in flow_rows(db) if r.path == "/v1/chat/completions"]
         assert rows, "the redirected request was not recorded"
         row = rows[0]
@@ -341,6 +356,17 @@ def test_client_behind_gateway_is_inspected_without_proxy_settings(tmp_path: Pat
         assert res.returncode != 0 and "certificate" in res.stderr.lower()
         res = _in(net.client, *curl[:-1], "--cacert", str(pki.ca_cert), curl[-1])
         assert res.returncode == 0, res.stderr
+
+
+QUIC_CLIENT = """
+import os, socket, sys
+sys.path.insert(0, sys.argv[2])
+from helpers.packets import client_hello, quic_initials_for_hello
+hello = client_hello("chat.deepseek.com", ("h3",), quic=True)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    for dg in quic_initials_for_hello(hello, os.urandom(8), packets=2):
+        s.sendto(dg, (sys.argv[1], 443))
+"""
 
 
 UDP_SINK = """
