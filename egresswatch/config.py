@@ -658,7 +658,10 @@ def _apply_file(path: Path, values: dict[str, Any], origins: dict[str, str]) -> 
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("no such config file", path=name) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1
+        raise ConfigError("the config file is not UTF-8 text", path=name, line=line) from None
+    except OSError as e:
         raise ConfigError(f"cannot read the config file: {e}", path=name) from None
     try:
         doc = tomllib.loads(text)
@@ -667,7 +670,8 @@ def _apply_file(path: Path, values: dict[str, Any], origins: dict[str, str]) -> 
         raise ConfigError(
             f"not valid TOML: {str(e).split(' (at line')[0]}",
             path=name,
-            line=int(m.group(1)) if m else None,
+            # no "line N": tomllib says "(at end of document)": name the last line with text
+            line=int(m.group(1)) if m else len(text.rstrip().splitlines()) or 1,
         ) from None
     token = _BASE.set(path.parent)
     try:
