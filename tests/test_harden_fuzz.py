@@ -467,3 +467,53 @@ def test_decompression_bomb_bounded(enc: str) -> None:
     # Bounded work: decoding stops at MAX_BODY (256 KiB) of output, so memory stays a small
     # multiple of it and of the compressed input; 1 GiB would need ~4000x MAX_BODY.
     assert peak < 64 * MAX_BODY + 4 * len(bomb), peak
+
+
+# -- the run configuration file -------------------------------------------------------------
+
+
+@st.composite
+def config_texts(draw: st.DrawFn) -> str:
+    from egresswatch.config import FIELDS
+
+    keys = [f.key for f in FIELDS] + ["proxy.bogus", "nosection.key"]
+    sections = sorted({k.split(".")[0] for k in keys})
+    lines = []
+    for _ in range(draw(st.integers(0, 10))):
+        choice = draw(st.integers(0, 9))
+        if choice <= 1:
+            lines.append(f"[{draw(st.sampled_from(sections))}]")
+        elif choice == 2:
+            lines.append(draw(st.text(max_size=40)))
+        else:
+            key = draw(st.sampled_from(keys)).split(".")[-1]
+            lines.append(f"{key} = {draw(_VALUES)}")
+    return "\n".join(lines)
+
+
+@FUZZ
+@given(config_texts())
+def test_config_loader_fuzz_only_config_errors(text: str) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from egresswatch import config
+
+    _count("config")
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "egresswatch.toml"
+        p.write_text(text, encoding="utf-8")
+        try:
+            config.load(p, env={})
+        except ConfigError as e:
+            _check_config_error(e, str(p))
+
+
+def test_config_file_not_utf8_names_file_and_line(tmp_path: pytest.TempPathFactory) -> None:
+    from egresswatch import config
+
+    p = tmp_path / "egresswatch.toml"  # type: ignore[operator]
+    p.write_bytes(b'[proxy]\nlisten = "127.0.0.1:8080"\nconfdir = "\xff"\n')
+    with pytest.raises(ConfigError) as ei:
+        config.load(p, env={})
+    assert ei.value.path == str(p) and ei.value.line == 3
