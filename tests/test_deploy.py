@@ -196,6 +196,7 @@ def exported_names() -> set[str]:
     m.record(d)
     m.flow_closed(FlowClosed("f", Sensor.PROXY, 0.0, 300, 4000, 1.0))
     m.alert_state({"channel": "webhook", "state": "failed"})
+    m.bypass(d)
     names = set()
     for family in registry.collect():
         for sample in family.samples:
