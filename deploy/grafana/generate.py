@@ -336,16 +336,13 @@ def dashboard(table: dict[str, list[str]]) -> dict:
         panel(
             13,
             "timeseries",
-            "Bypass: sniffer-only services",
+            "Bypass: flows around the proxy",
             (12, 45, 12, 8),
             [
                 target(
-                    "sum by (sensor, service) (increase(egresswatch_flows_total"
-                    f'{{{SEL},source="sniffer",service!="other"}}[$__rate_interval]))\n'
-                    "unless on (sensor, service)\n"
-                    "sum by (sensor, service) (increase(egresswatch_flows_total"
-                    f'{{{SEL},source="proxy"}}[$__rate_interval]) > 0)',
-                    "bypass {{sensor}} {{service}}",
+                    "sum by (sensor, service, country) (increase(egresswatch_bypass_flows_total"
+                    f"{{{SEL}}}[$__rate_interval]))",
+                    "bypass {{sensor}} {{service}} {{country}}",
                 ),
                 target(
                     f"sum by (source) (rate({flows}[$__rate_interval]))",
@@ -359,9 +356,9 @@ def dashboard(table: dict[str, list[str]]) -> dict:
                     ref="C",
                 ),
             ],
-            description="Flows the sniffer saw to a catalogued AI service while the proxy "
-            "inspected none to it (QUIC, DNS over HTTPS, hard-coded addresses, other ports), "
-            "next to the flow rate per source and the EgressWatchProxyBypass alert.",
+            description="Flows the sniffer saw leave that the proxy never handled (QUIC, DNS "
+            "over HTTPS, hard-coded addresses, other ports), next to the flow rate per source "
+            "and the EgressWatchProxyBypass alert. The alert log names client and destination.",
         ),
         panel(
             14,
