@@ -37,8 +37,10 @@ def test_builds_and_removes_everything() -> None:
         lab.nft(b, rules, lab.tag)
         sleeper = lab.popen(a, ["sleep", "300"])
         # b answers across the veth: a connection to a closed port is refused (a RST came back).
-        probe = "import socket\ntry:\n socket.create_connection(('169.254.200.2', 9), 3)\n" \
+        probe = (
+            "import socket\ntry:\n socket.create_connection(('169.254.200.2', 9), 3)\n"
             "except ConnectionRefusedError:\n print('refused')"
+        )
         assert lab.sh(sys.executable, "-c", probe, ns=a).stdout.strip() == "refused"
         assert {a, b} <= netns_names()
         assert (ETC_NETNS / a / "resolv.conf").exists()

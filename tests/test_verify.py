@@ -303,7 +303,7 @@ def test_raw_observation_parses_tls_http_and_bytes() -> None:
 
 def test_gateway_ruleset_redirects_and_forwards_nothing() -> None:
     rules = v.gateway_ruleset("ewv1", "ewv1g")
-    assert f'udp dport 53 redirect to :{v.DNS_PORT}' in rules
+    assert f"udp dport 53 redirect to :{v.DNS_PORT}" in rules
     assert f"tcp dport {{ 80, 443 }} redirect to :{v.PROXY_PORT}" in rules
     assert f"meta l4proto tcp redirect to :{v.RAW_PORT}" in rules
     assert "hook forward priority filter; policy drop;" in rules
@@ -375,6 +375,7 @@ def test_unprivileged_user_namespace_path(tmp_path: Path) -> None:
     if not v.userns_works():
         pytest.skip("user namespaces are not available on this kernel")
     out = tmp_path / "r.json"
+
     def ours() -> list[str]:
         out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         return [line for line in out.splitlines() if line.startswith("ewv")]

@@ -243,9 +243,10 @@ def test_deepseek_chat_fails_cn_redacted(tmp_path: Path, confdir: Path) -> None:
         assert "jane.doe@example.com" not in f["redacted"]
         assert "12345678" not in f["redacted"]
     # The prompt and its secrets appear nowhere: not in any report, not on the terminal.
-    outputs = [
-        (tmp_path / n).read_text() for n in ("report.json", "report.xml", "report.md")
-    ] + [run.proc.stdout, run.proc.stderr]
+    outputs = [(tmp_path / n).read_text() for n in ("report.json", "report.xml", "report.md")] + [
+        run.proc.stdout,
+        run.proc.stderr,
+    ]
     for text in outputs:
         assert "Summarise the contract" not in text
         assert "jane.doe@example.com" not in text
