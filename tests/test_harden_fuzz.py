@@ -278,13 +278,6 @@ def test_inspector_fuzz_always_decides(obs: Observation) -> None:
     assert "classify-error" not in d.assessment.flags
 
 
-def test_fuzz_examples_ran() -> None:
-    """The counts (printed with -s) are the figure reported for issue #8."""
-    print(f"\nfuzz examples run: {_COUNTS}")
-    if _COUNTS:  # only when the fuzz tests above ran in this process
-        assert all(n >= 1 for n in _COUNTS.values())
-
-
 # -- policy and catalog loaders ----------------------------------------------------------
 
 _POLICY_KEYS = [
@@ -517,3 +510,10 @@ def test_config_file_not_utf8_names_file_and_line(tmp_path: pytest.TempPathFacto
     with pytest.raises(ConfigError) as ei:
         config.load(p, env={})
     assert ei.value.path == str(p) and ei.value.line == 3
+
+
+def test_fuzz_examples_ran() -> None:
+    """The counts (printed with -s) are the figure reported for issue #8."""
+    print(f"\nfuzz examples run: {_COUNTS}")
+    if _COUNTS:  # only when the fuzz tests above ran in this process
+        assert all(n >= 1 for n in _COUNTS.values())
