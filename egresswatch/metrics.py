@@ -181,6 +181,53 @@ class _StoreCollector(Collector):
             yield family
 
 
+class _CaptureCollector(Collector):
+    """Reads the sniffer's own counters (``SnifferStats``) at scrape time."""
+
+    #: (attribute, metric name, help)
+    SPECS = (
+        ("packets", "egresswatch_capture_packets", "Packets the sniffer read."),
+        (
+            "kernel_drops",
+            "egresswatch_capture_dropped_packets",
+            "Packets the kernel dropped before the sniffer read them (PACKET_STATISTICS).",
+        ),
+        ("evictions", "egresswatch_capture_flow_evictions", "Flows evicted from a full table."),
+        ("inspector_errors", "egresswatch_capture_inspector_errors", "Flows not judged: errors."),
+    )
+
+    def __init__(self, sensor: str, stats: Callable[[], Any]) -> None:
+        self._sensor = sensor
+        self._stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterable[Metric]:
+        try:
+            stats = self._stats()
+        except Exception:  # a scrape must never fail because the sniffer restarts
+            stats = None
+        return list(self._families(stats))
+
+    def _families(self, stats: Any = None) -> Iterator[Metric]:
+        for attr, name, doc in self.SPECS:
+            family = CounterMetricFamily(name, doc, labels=["sensor"])
+            value = _get(stats, attr) if stats is not None else None
+            if value is not None:
+                family.add_metric([self._sensor], float(value))
+            yield family
+        malformed = CounterMetricFamily(
+            "egresswatch_capture_malformed_packets",
+            "Malformed or truncated packets, counted and skipped, by reason.",
+            labels=["sensor", "reason"],
+        )
+        # reasons are the sniffer's own fixed strings: a bounded set
+        for reason, count in sorted((_get(stats, "malformed") or {}).items()):
+            malformed.add_metric([self._sensor, str(reason)], float(count))
+        yield malformed
+
+
 class _GeoCollector(Collector):
     """Reports the age of each loaded GeoIP database at scrape time."""
 
@@ -328,6 +375,7 @@ class Metrics:
         self._finding_rows: dict[tuple[Any, ...], Counter] = {}
         self._countries: dict[str | None, str] = {}
         self._store_collector: _StoreCollector | None = None
+        self._capture_collector: _CaptureCollector | None = None
         self._geo_collector: _GeoCollector | None = None
 
     # -- labels ------------------------------------------------------------------
@@ -442,6 +490,16 @@ class Metrics:
             self.registry.unregister(self._store_collector)
         self._store_collector = _StoreCollector(self.sensor, stats)
         self.registry.register(self._store_collector)
+
+    def watch_sniffer(self, stats: Callable[[], Any]) -> None:
+        """Report the sniffer's packets, kernel drops, malformed packets and evictions.
+
+        ``stats()`` returns the sniffer's ``SnifferStats`` (read at scrape time).
+        """
+        if self._capture_collector is not None:
+            self.registry.unregister(self._capture_collector)
+        self._capture_collector = _CaptureCollector(self.sensor, stats)
+        self.registry.register(self._capture_collector)
 
     def watch_geoip(self, databases: Callable[[], Iterable[Any]]) -> None:
         """Report the age of each GeoIP database, read at scrape time.

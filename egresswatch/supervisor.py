@@ -322,6 +322,7 @@ class Monitor:
         self.sniff = _SnifferPart(
             sniffer, list(c["sniffer.interfaces"]), c["sniffer.bpf"] or DEFAULT_BPF
         )
+        self.sinks.metrics.watch_sniffer(lambda: self.sniff.sniffer.stats if self.sniff else None)
         self.sniff.open()
 
     # -- running -----------------------------------------------------------------------

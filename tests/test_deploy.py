@@ -197,6 +197,7 @@ def exported_names() -> set[str]:
     m.flow_closed(FlowClosed("f", Sensor.PROXY, 0.0, 300, 4000, 1.0))
     m.alert_state({"channel": "webhook", "state": "failed"})
     m.bypass(d)
+    m.watch_sniffer(lambda: {"packets": 5, "kernel_drops": 0, "malformed": {"short-ip": 1}})
     names = set()
     for family in registry.collect():
         for sample in family.samples:

@@ -454,3 +454,40 @@ def test_store_gauges_from_a_real_writer(tmp_path: Path) -> None:
     assert get("egresswatch_store_spill_records", s) == 0
     writer.close()
     store.close()
+
+
+def test_sniffer_counters_are_read_at_scrape_time() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from egresswatch.metrics import Metrics
+    from egresswatch.sniffer.engine import SnifferStats
+
+    registry = CollectorRegistry()
+    m = Metrics(registry, sensor_name="gw1")
+    stats = SnifferStats()
+    m.watch_sniffer(lambda: stats)
+    stats.packets, stats.kernel_drops, stats.evictions = 100, 3, 2
+    stats.malformed["truncated-tcp"] += 4
+    got = registry.get_sample_value
+    assert got("egresswatch_capture_packets_total", {"sensor": "gw1"}) == 100
+    assert got("egresswatch_capture_dropped_packets_total", {"sensor": "gw1"}) == 3
+    assert got("egresswatch_capture_flow_evictions_total", {"sensor": "gw1"}) == 2
+    labels = {"sensor": "gw1", "reason": "truncated-tcp"}
+    assert got("egresswatch_capture_malformed_packets_total", labels) == 4
+    stats.kernel_drops = 9  # read live, not copied at registration
+    assert got("egresswatch_capture_dropped_packets_total", {"sensor": "gw1"}) == 9
+
+
+def test_a_failing_sniffer_stats_callable_never_fails_a_scrape() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from egresswatch.metrics import Metrics
+
+    registry = CollectorRegistry()
+    m = Metrics(registry, sensor_name="gw1")
+
+    def boom() -> object:
+        raise RuntimeError("sniffer restarting")
+
+    m.watch_sniffer(boom)
+    assert b"egresswatch_capture_packets" in generate_latest(registry)

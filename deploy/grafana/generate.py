@@ -434,9 +434,16 @@ def dashboard(table: dict[str, list[str]]) -> dict:
                 target(
                     f"egresswatch_store_spill_records{{{SEL}}}", "{{sensor}} spilled", ref="B"
                 ),
+                target(
+                    "sum by (sensor) (increase(egresswatch_capture_dropped_packets_total"
+                    f"{{{SEL}}}[$__rate_interval]))",
+                    "{{sensor}} capture drops",
+                    ref="C",
+                ),
             ],
             description="Dropped: the queue was full, the decision is not in the database. "
-            "Spilled: the database is unreachable, decisions wait in the local journal.",
+            "Spilled: the database is unreachable, decisions wait in the local journal. "
+            "Capture drops: packets the kernel dropped before the sniffer read them.",
         ),
         panel(
             19,
