@@ -106,6 +106,9 @@ class Inspector:
             flags.append("name-mismatch")
         if obs.ech:
             flags.append("ech")
+        for tag in obs.tags:
+            if tag not in flags:
+                flags.append(tag)
 
         primary = matches[0] if matches else None
         category = primary.service.category if primary is not None and primary.official else None

@@ -183,6 +183,8 @@ class Observation:
     body_truncated: bool = False
     bytes_out: int = 0
     bytes_in: int = 0
+    #: what the sensor itself knows of the flow ("doh", "dot", "doq" ...); become flags
+    tags: tuple[str, ...] = ()
 
     def header(self, name: str) -> str | None:
         """First value of a header (name in lower case), or None."""

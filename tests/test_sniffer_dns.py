@@ -234,3 +234,35 @@ def test_incomplete_fragments_expire_counted() -> None:
     feed(sn, [bytes(frags[0])], linktype=101, t0=0.0)
     feed(sn, [udp_packet("192.0.2.1", "203.0.113.5", 1, 2, b"x")], t0=10.0)
     assert sn.stats.malformed["fragments-incomplete"] == 1
+
+
+def test_encrypted_dns_marks_reach_the_decision_as_flags() -> None:
+    from egresswatch.catalog import Catalog
+    from egresswatch.geo import GeoChain
+    from egresswatch.inspector import Inspector
+    from egresswatch.policy import Policy
+
+    inspector = Inspector(GeoChain(), Catalog.load(), Policy.default())
+    seen = []
+
+    def inspect(obs):  # type: ignore[no-untyped-def]
+        d = inspector.inspect(obs)
+        seen.append(d)
+        return d
+
+    sn = Sniffer(inspect)
+    pkts = tcp_flow(
+        "192.0.2.1", "198.51.100.9", 40002, 853, tls_records(client_hello("dot.example.net"))
+    )
+    pkts += tcp_flow(
+        "192.0.2.1", "198.51.100.10", 40003, 443, tls_records(client_hello("dns.google"))
+    )
+    pkts += tcp_flow(
+        "192.0.2.1", "198.51.100.11", 40004, 443, tls_records(client_hello("chat.example.com"))
+    )
+    feed(sn, pkts)
+    sn.close()
+    flags = {d.observation.sni: set(d.assessment.flags) for d in seen}
+    assert "dot" in flags["dot.example.net"]
+    assert "doh" in flags["dns.google"]
+    assert not {"dot", "doh", "doq"} & flags["chat.example.com"]

@@ -818,6 +818,7 @@ class Sniffer:
             body_truncated=truncated,
             bytes_out=f.bytes_out,
             bytes_in=f.bytes_in,
+            tags=(f.encrypted_dns,) if f.encrypted_dns else (),
         )
 
 
