@@ -397,7 +397,7 @@ def test_unprivileged_user_namespace_path(tmp_path: Path) -> None:
 
 
 @needs_root
-def test_bad_policy_is_a_config_error_before_any_namespace(tmp_path: Path) -> None:
+def test_bad_policy_is_a_config_error(tmp_path: Path) -> None:
     bad = tmp_path / "policy.toml"
     bad.write_text('mode = "enforce"\n[[rules]]\nname = 1\n')
     res = subprocess.run(

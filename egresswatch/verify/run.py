@@ -233,14 +233,33 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
     directory are removed before this returns or raises, also on SIGINT/SIGTERM.
     """
     from egresswatch import runtime
-    from egresswatch.commands.proxy import ensure_ca
+    from egresswatch.commands.proxy import CA_FILE, ensure_ca
     from egresswatch.netns import NetnsSet
 
     preflight(config)
     if shutil.which(config.command[0]) is None:
         raise CommandNotFound(f"command not found: {config.command[0]}")
-    runtime.build_inspector(config.settings)  # config errors before any namespace exists
-    ca = ensure_ca(config.confdir)
+    # The policy, catalog and GeoIP are checked here (ConfigError, exit 3) while the
+    # namespaces are built and the gateway starts: both take about a second.
+    checked: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            runtime.build_inspector(config.settings)
+        except BaseException as e:  # handed to the main thread
+            checked.append(e)
+
+    checker = threading.Thread(target=check, name="verify-config-check", daemon=True)
+    checker.start()
+
+    def config_ok() -> None:
+        checker.join()
+        if checked:
+            raise checked[0]
+
+    ca = config.confdir.expanduser() / CA_FILE
+    if not ca.exists():  # made once, here: gateways starting at once must not race for it
+        ca = ensure_ca(config.confdir)
     user = _invoking_user()
     work = Path(tempfile.mkdtemp(prefix="egresswatch-verify-"))
     work.chmod(0o755)
@@ -251,7 +270,6 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
     timed_out = False
     notes: list[str] = []
     try:
-        bundle = ca_bundle(ca, work / "ca-bundle.pem")
         etc_ok = True
         link = link_addresses(os.getpid())
         if os.environ.get(USERNS_ENV) == "inside":
@@ -325,7 +343,13 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
                 stderr=gw_log,
                 env=dict(os.environ),
             )
-            _wait_ready(gateway, work / "gateway.log", timeout=60)
+            try:
+                _wait_ready(gateway, work / "gateway.log", timeout=60)
+            except VerifyError:
+                config_ok()  # a configuration error explains a failed start best
+                raise
+            config_ok()
+            bundle = ca_bundle(ca, work / "ca-bundle.pem")
             env = command_env(dict(os.environ), bundle, user)
             try:
                 proc = lab.popen(
