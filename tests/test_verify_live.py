@@ -490,3 +490,33 @@ def test_three_runs_at_once_curl_and_node_trust_the_bundle(tmp_path: Path, confd
         "api.anthropic.com", "https", ["chat-prompt"]
     )  # fmt: skip
     assert d["processes"][0]["name"] == "node"
+
+
+VLLM_STATS_PROGRAM = """
+    # What vllm/usage/usage_lib.py sends at start (fields abridged), with requests.
+    import requests
+    try:
+        requests.post("https://stats.vllm.ai", json={
+            "uuid": "0f8e2c54-5ad5-4bbf-9c1e-6a4f0e3d2b11", "provider": "GCP",
+            "num_cpu": 8, "gpu_count": 1, "gpu_type": "NVIDIA L4", "model_architecture": "Llama",
+            "vllm_version": "0.6.0", "context": "OPENAI_API_SERVER", "log_time": 1730000000,
+        }, timeout=10)
+    except Exception as e:
+        print("error", type(e).__name__)
+"""
+
+
+def test_vllm_usage_stats_explained_by_profile(tmp_path: Path, confdir: Path) -> None:
+    run = verify(tmp_path, confdir, VLLM_STATS_PROGRAM, "--profile", "vllm")
+    assert run.code == 1
+    d = run.dest("stats.vllm.ai", 443)
+    assert d["allowed"] is False and d["protocol"] == "https"
+    assert any(
+        "usage statistics" in e and "VLLM_NO_USAGE_STATS=1 or DO_NOT_TRACK=1" in e
+        for e in d["explanations"]
+    ), d["explanations"]
+    assert "VLLM_NO_USAGE_STATS=1" in run.markdown
+    failure = next(
+        c for c in run.junit.findall("testcase") if c.get("name") == d["name"] + ":443/tcp"
+    )
+    assert "VLLM_NO_USAGE_STATS=1" in (failure.find("failure").text or "")  # type: ignore[union-attr]
