@@ -325,7 +325,8 @@ def test_sigterm_removes_everything(tmp_path: Path, confdir: Path) -> None:
         deadline = time.monotonic() + 90
         while not flag.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert flag.exists(), proc.stderr.read() if proc.poll() is not None else "not started"
+        if not flag.exists():
+            raise AssertionError(proc.communicate(timeout=30)[1] or "the program did not start")
         assert leftovers() != before  # the namespaces exist while it runs
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
