@@ -27,6 +27,7 @@ from functools import cache
 import brotli
 import pytest
 import zstandard
+from helpers.bombs import bomb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -410,30 +411,12 @@ def test_policy_file_not_utf8_names_file_and_line(tmp_path: pytest.TempPathFacto
 
 # -- decompression bombs -----------------------------------------------------------------
 
-GIB = 1 << 30
-
-
-def _bomb(enc: str) -> bytes:
-    """1 GiB of zeros, compressed, built in a stream so the test itself stays small."""
-    chunk = bytes(1 << 20)
-    if enc == "gzip":
-        c = zlib.compressobj(9, zlib.DEFLATED, 31)
-    elif enc == "deflate":
-        c = zlib.compressobj(9, zlib.DEFLATED, 15)
-    elif enc == "zstd":
-        z = zstandard.ZstdCompressor(level=19).compressobj()
-        return b"".join(z.compress(chunk) for _ in range(GIB // len(chunk))) + z.flush()
-    else:
-        b = brotli.Compressor(quality=5)
-        return b"".join(b.process(chunk) for _ in range(GIB // len(chunk))) + b.finish()
-    return b"".join(c.compress(chunk) for _ in range(GIB // len(chunk))) + c.flush()
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("enc", ["gzip", "deflate", "br", "zstd"])
 def test_decompression_bomb_bounded(enc: str) -> None:
-    bomb = _bomb(enc)
-    assert len(bomb) < 8 << 20  # a real bomb: ≥128x
+    data = bomb(enc)
+    assert len(data) < 8 << 20  # a real bomb: ≥128x
     obs = Observation(
         sensor=Sensor.PROXY,
         transport=Transport.TCP,
@@ -444,22 +427,23 @@ def test_decompression_bomb_bounded(enc: str) -> None:
         method="POST",
         path="/v1/chat/completions",
         headers=(("content-type", "application/json"), ("content-encoding", enc)),
-        body=bomb,
-        bytes_out=len(bomb),
+        body=data,
+        bytes_out=len(data),
     )
+    inspector = _inspector()  # built (once) outside the measurement
     tracemalloc.start()
     t0 = time.process_time()
     try:
-        d = _inspector().inspect(obs)
+        d = inspector.inspect(obs)
         cpu = time.process_time() - t0
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    print(f"\n{enc} bomb: {len(bomb)} bytes -> 1 GiB; {cpu:.3f} s CPU, peak {peak >> 20} MiB")
+    print(f"\n{enc} bomb: {len(data)} bytes -> 1 GiB; {cpu:.3f} s CPU, peak {peak >> 20} MiB")
     assert isinstance(d, Decision) and "classify-error" not in d.assessment.flags
     # Bounded work: decoding stops at MAX_BODY (256 KiB) of output, so memory stays a small
     # multiple of it and of the compressed input; 1 GiB would need ~4000x MAX_BODY.
-    assert peak < 64 * MAX_BODY + 4 * len(bomb), peak
+    assert peak < 64 * MAX_BODY + 4 * len(data), peak
 
 
 # -- the run configuration file -------------------------------------------------------------

@@ -15,14 +15,12 @@ import os
 import signal
 import socket
 import time
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import brotli
 import pytest
-import zstandard
 from conftest import egresswatch_bin, is_root
+from helpers.bombs import bomb
 from helpers.lab import Lab
 from helpers.load import RssSampler, sqlite_paths
 from helpers.runmon import SERVER, in_netns, proxied_get, run_env, start_run, start_server
@@ -36,18 +34,6 @@ pytestmark = [
 #: the monitor idles at ~100 MiB; a bomb decoded in full would add 1 GiB
 RSS_BOUND_MIB = 512
 T = f"http://{SERVER}"
-
-
-def _bomb(enc: str, size: int = 1 << 30) -> bytes:
-    chunk = bytes(1 << 20)
-    if enc == "gzip":
-        c = zlib.compressobj(6, zlib.DEFLATED, 31)
-        return b"".join(c.compress(chunk) for _ in range(size >> 20)) + c.flush()
-    if enc == "zstd":
-        z = zstandard.ZstdCompressor(level=10).compressobj()
-        return b"".join(z.compress(chunk) for _ in range(size >> 20)) + z.flush()
-    b = brotli.Compressor(quality=5)
-    return b"".join(b.process(chunk) for _ in range(size >> 20)) + b.finish()
 
 
 def _req(method: str, path: bytes, headers: list[bytes], body: bytes = b"") -> bytes:
@@ -132,7 +118,7 @@ def _cases() -> list[tuple[str, bytes, str]]:
                     "POST",
                     f"/hostile/bomb-{enc}".encode(),
                     [b"Content-Type: application/json", f"Content-Encoding: {enc}".encode()],
-                    _bomb(enc),
+                    bomb(enc),
                 ),
                 "200",
             )
