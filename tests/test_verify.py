@@ -25,12 +25,10 @@ from egresswatch.cli import cli
 from egresswatch.errors import ConfigError
 from egresswatch.model import Observation, Protocol, Sensor, Stage, Transport
 from egresswatch.runtime import Settings, build_inspector
-from egresswatch.verifylab import (
-    NamePool,
-    _ptr_address,
-    raw_observation,
-    record_of,
-)
+from egresswatch.verify.addons import _ptr_address
+from egresswatch.verify.pool import NamePool
+from egresswatch.verify.raw import raw_observation
+from egresswatch.verify.recorder import record_of
 
 
 @pytest.fixture(scope="module")

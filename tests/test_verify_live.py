@@ -37,7 +37,7 @@ def leftovers() -> dict[str, list[str]]:
     etc = Path("/etc/netns")
     tmp = Path(tempfile.gettempdir())
     return {
-        "gateways": marker_procs("egresswatch.verifylab"),
+        "gateways": marker_procs("egresswatch.verify.gateway"),
         "workdirs": sorted(p.name for p in tmp.glob("egresswatch-verify-*")),
         "netns": sorted(line.split()[0] for line in ns.splitlines() if line.startswith("ewv")),
         "etc": sorted(p.name for p in etc.iterdir() if p.name.startswith("ewv"))

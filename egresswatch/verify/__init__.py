@@ -2,7 +2,7 @@
 
 :func:`run_verify` (:mod:`.run`) builds two network namespaces for one run: the
 command's, whose only way out is a veth to the gateway's, where
-:mod:`egresswatch.verifylab` answers every attempt locally (DNS from a private pool,
+:mod:`egresswatch.verify.gateway` answers every attempt locally (DNS from a private pool,
 TCP through the transparent proxy or the raw recorder, the sniffer watching all of
 it). The gateway has no route to anywhere and forwarding off: nothing really leaves.
 Everything is removed again when the command ends, is killed or times out.
@@ -14,7 +14,9 @@ profile (:mod:`.profiles`, ``data/profiles.toml``). The verdict is PASS when eve
 destination was allowed. Renderers (:mod:`.render`): :func:`to_json` (schema
 ``JSON_SCHEMA``), :func:`to_junit` (one test case per destination),
 :func:`to_markdown`, :func:`render_terminal`. Addresses, ports and nftables rules:
-:mod:`.net`.
+:mod:`.net`. The gateway process: :mod:`.gateway` (entry point), with the name pool
+(:mod:`.pool`), attribution (:mod:`.owners`), the records (:mod:`.recorder`), its
+mitmproxy addons (:mod:`.addons`) and the raw TCP recorder (:mod:`.raw`).
 """
 
 from __future__ import annotations

@@ -338,7 +338,7 @@ def run_verify(config: VerifyConfig) -> VerifyReport:
             gw_log = (work / "gateway.log").open("wb")
             gateway = lab.popen(
                 gw_ns,
-                [sys.executable, "-m", "egresswatch.verifylab", str(work / "gateway.json")],
+                [sys.executable, "-m", "egresswatch.verify.gateway", str(work / "gateway.json")],
                 stdout=subprocess.PIPE,
                 stderr=gw_log,
                 env=dict(os.environ),
