@@ -22,10 +22,17 @@ from egresswatch.model import (
     PayloadType,
     ServiceMatch,
     Verdict,
+    new_id,
 )
 from egresswatch.ports import GeoResolver, PolicyLike, ServiceLookup
 
 _NO_ADDRESS = GeoAnswer(country=None, source=GeoSource.NONE)
+#: Distinct (Host, SNI, DNS name) triples whose normalisation and catalog matches are
+#: remembered; a flow's names repeat on every request of a connection and across clients.
+_NAMES_CACHE_SIZE = 8192
+
+#: (host, catalog match) per distinct name, the name-derived flags, the category hint.
+_Names = tuple[tuple[tuple[str | None, ServiceMatch | None], ...], tuple[str, ...], str | None]
 
 
 class Classified(Protocol):
@@ -58,7 +65,11 @@ def _default_normalizer() -> Normalizer:
 
 
 class Inspector:
-    """Judges observations. Thread-safe as long as its adapters are (they are read-only)."""
+    """Judges observations. Thread-safe as long as its adapters are (they are read-only).
+
+    The catalog's and the normaliser's answers for a flow's names are remembered (bounded),
+    so both must be pure: the same name always gets the same answer.
+    """
 
     def __init__(
         self,
@@ -74,22 +85,68 @@ class Inspector:
         self.policy = policy
         self._classify = classifier or _default_classifier()
         self._normalize = normalizer or _default_normalizer()
+        # The normaliser and the catalog are pure (the shipped Catalog is immutable), so what
+        # a set of names says is worked out once, not on every request (issue #2).
+        self._names: dict[tuple[str | None, str | None, str | None], _Names] = {}
 
     def with_policy(self, policy: PolicyLike) -> Inspector:
         """The same inspector under another policy (used on reload: SIGHUP)."""
-        return Inspector(
+        other = Inspector(
             self.geo,
             self.catalog,
             policy,
             classifier=self._classify,
             normalizer=self._normalize,
         )
+        other._names = self._names  # same catalog and normaliser: what names say still holds
+        return other
 
     def inspect(self, obs: Observation) -> Decision:
         """Enrich, classify and judge one observation."""
         started = time.perf_counter()
         geo = self.geo.lookup(obs.dst_addr) if obs.dst_addr else _NO_ADDRESS
+        key = (obs.http_host, obs.sni, obs.dns_name)
+        names = self._names.get(key)
+        if names is None:
+            names = self._names_uncached(obs)
+            if len(self._names) >= _NAMES_CACHE_SIZE:
+                self._names.clear()  # rare (a scan of many names): start over, stay bounded
+            self._names[key] = names
+        candidates, base_flags, category = names
 
+        classified = self._classify(obs, category)
+        extra = classified.flags
+        if obs.ech or extra:
+            flags = list(base_flags)
+            if obs.ech:
+                flags.append("ech")
+            for flag in extra:
+                if flag not in flags:
+                    flags.append(flag)
+            flag_tuple = tuple(flags)
+        else:
+            flag_tuple = base_flags
+        payload_types = tuple(classified.payload_types)
+        findings = tuple(classified.findings)
+
+        decide = self.policy.decide
+        if len(candidates) == 1:  # the common case: one name (or none), one verdict
+            host, match = candidates[0]
+            assessment = Assessment(obs, host, geo, match, payload_types, findings, flag_tuple)
+            verdict = decide(assessment)
+        else:
+            best: tuple[Assessment, Verdict] | None = None
+            for host, match in candidates:
+                candidate = Assessment(obs, host, geo, match, payload_types, findings, flag_tuple)
+                judged = decide(candidate)
+                if best is None or judged.action.severity > best[1].action.severity:
+                    best = (candidate, judged)
+            assert best is not None
+            assessment, verdict = best
+        return Decision(assessment, verdict, new_id(), time.perf_counter() - started)
+
+    def _names_uncached(self, obs: Observation) -> _Names:
+        """What the flow's names say, independent of its payload: computed once per name set."""
         # Every name the flow goes by (Host, SNI, DNS) is judged: a flow whose names point
         # at different services (domain fronting) gets the stricter verdict and a flag.
         hosts: list[str] = []
@@ -104,42 +161,13 @@ class Inspector:
             flags.append("lookalike")
         if len({_service_key(m) for m in matches}) > 1:
             flags.append("name-mismatch")
-        if obs.ech:
-            flags.append("ech")
-        for tag in obs.tags:
-            if tag not in flags:
-                flags.append(tag)
 
         primary = matches[0] if matches else None
         category = primary.service.category if primary is not None and primary.official else None
-        classified = self._classify(obs, category)
-        for flag in classified.flags:
-            if flag not in flags:
-                flags.append(flag)
-
-        candidates: list[tuple[str | None, ServiceMatch | None]] = list(
+        candidates: tuple[tuple[str | None, ServiceMatch | None], ...] = tuple(
             zip(hosts, matches, strict=True)
-        ) or [(None, None)]
-        best: tuple[Assessment, Verdict] | None = None
-        for host, match in candidates:
-            assessment = Assessment(
-                observation=obs,
-                host=host,
-                geo=geo,
-                service=match,
-                payload_types=tuple(classified.payload_types),
-                findings=tuple(classified.findings),
-                flags=tuple(flags),
-            )
-            verdict = self.policy.decide(assessment)
-            if best is None or verdict.action.severity > best[1].action.severity:
-                best = (assessment, verdict)
-        assert best is not None
-        return Decision(
-            assessment=best[0],
-            verdict=best[1],
-            elapsed=time.perf_counter() - started,
-        )
+        ) or ((None, None),)
+        return candidates, tuple(flags), category
 
 
 def _service_key(match: ServiceMatch | None) -> str | None:
