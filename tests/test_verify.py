@@ -259,6 +259,18 @@ def test_redact_command() -> None:
 # -- gateway parts ----------------------------------------------------------------------
 
 
+def test_gateway_addons_expose_only_hooks() -> None:
+    """mitmproxy calls any public method named like a hook: ours have only hooks."""
+    import mitmproxy.proxy.layers  # noqa: F401  (registers the HTTP, TCP, UDP and DNS hooks)
+    from mitmproxy import hooks
+
+    from egresswatch.verify.addons import OnlineUpstream, PoolDns
+
+    for addon in (PoolDns, OnlineUpstream):
+        public = {n for n in vars(addon) if not n.startswith("_") and callable(vars(addon)[n])}
+        assert public and public <= set(hooks.all_hooks), (addon, public - set(hooks.all_hooks))
+
+
 def test_name_pool_round_trip() -> None:
     pool = NamePool("198.18.0.0/30")
     a = pool.address("Huggingface.co.")
