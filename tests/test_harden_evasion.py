@@ -181,6 +181,31 @@ def test_encoded_and_chunked_bodies_decoded_before_classification(
     assert events and all(e.get("body_len") in (None, 0) for e in events), events
 
 
+@pytest.mark.parametrize("enc", ["gzip", "br", "zstd"])
+def test_http2_encoded_body_decoded_before_classification(plab: ProxyLab, enc: str) -> None:
+    """The same card number, compressed, over HTTP/2 between client and proxy."""
+    t0 = time.time()
+    blob = plab.tmp / f"card-h2-{enc}.bin"
+    blob.write_bytes(_encode(json.dumps(CARD_CHAT).encode(), enc))
+    path = f"/v1/chat/completions?h2={enc}"
+    code, out = plab.curl(
+        "--http2",
+        "-w",
+        "\n%{http_version}",
+        "-H",
+        "content-type: application/json",
+        "-H",
+        f"content-encoding: {enc}",
+        "--data-binary",
+        f"@{blob}",
+        "https://api.openai.com" + path,
+    )
+    body, version = out.rsplit("\n", 1)
+    assert code == 0 and version == "2", out
+    assert json.loads(body)["rule"] == "no-card-numbers", body
+    _no_request(plab, t0, path)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="bug (proxy.py _HeadHold + mitmproxy 12): a blocked chunked upload is killed in the "
