@@ -373,6 +373,7 @@ class Metrics:
         self._rows: dict[tuple[tuple[str, str, str, str], str], _Row] = {}
         self._payload_rows: dict[tuple[Any, ...], Counter] = {}
         self._finding_rows: dict[tuple[Any, ...], Counter] = {}
+        self._byte_rows: dict[tuple[str, str, str, str], tuple[Counter, Counter]] = {}
         self._countries: dict[str | None, str] = {}
         self._store_collector: _StoreCollector | None = None
         self._capture_collector: _CaptureCollector | None = None
@@ -459,10 +460,15 @@ class Metrics:
             labels = self._flows.pop(event.flow_id, None)
         if labels is None:
             labels = (self.sensor, str(event.sensor), OTHER_SERVICE, UNKNOWN_COUNTRY)
+        pair = self._byte_rows.get(labels)
+        if pair is None:
+            # labels() validates and hashes on every call: one lookup per label set instead
+            pair = (self.sent.labels(*labels), self.received.labels(*labels))
+            self._byte_rows[labels] = pair
         if event.bytes_out > 0:
-            self.sent.labels(*labels).inc(event.bytes_out)
+            pair[0].inc(event.bytes_out)
         if event.bytes_in > 0:
-            self.received.labels(*labels).inc(event.bytes_in)
+            pair[1].inc(event.bytes_in)
 
     def close(self) -> None:
         with self._lock:
