@@ -570,3 +570,28 @@ def test_journal_left_by_a_stopped_writer_is_replayed_by_the_next(
         ids = [r[0] for r in conn.execute(select(Flow.decision_id).order_by(Flow.id))]
     assert ids == [make_decision(i).id for i in range(41)]
     store.close()
+
+
+def test_writers_sharing_a_spill_path_get_their_own_journals(tmp_path: Path) -> None:
+    """The proxy and the sniffer on one database must not replay each other's journal."""
+    store = open_store(str(tmp_path / "shared.db"))
+    base = tmp_path / "spill.jsonl"
+    a = store.writer(spill_path=base, node="proxy-unit")
+    b = store.writer(spill_path=base, node="sniffer-unit")
+    try:
+        assert a.spill_path == base
+        assert b.spill_path == tmp_path / "spill.jsonl.1"
+        assert stat.S_IMODE((tmp_path / "spill.jsonl.lock").stat().st_mode) == 0o600
+        for i in range(10):
+            a.record(make_decision(i))
+            b.record(make_decision(100 + i))
+    finally:
+        a.close()
+    c = store.writer(spill_path=base)  # a's slot is free again
+    try:
+        assert c.spill_path == base
+    finally:
+        c.close()
+        b.close()
+    assert count_flows(store) == 20
+    store.close()

@@ -26,8 +26,10 @@ bounded table and is applied when the decision is inserted.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import logging
+import os
 import queue
 import socket
 import threading
@@ -40,6 +42,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, bindparam, insert, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
+from egresswatch.errors import StoreError
 from egresswatch.model import Decision, FlowClosed
 from egresswatch.store import retention as retention_mod
 from egresswatch.store.engine import Store, _short
@@ -61,6 +64,8 @@ _FINDINGS = cast(Table, FindingRow.__table__)
 _DNS = cast(Table, DnsAnswerRow.__table__)
 FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
 
+#: journals (writers sharing one base path) at most, see _claim_journal
+MAX_JOURNAL_SLOTS = 32
 #: flows whose decision ids the writer remembers for their close, at most; a close
 #: for a flow forgotten meanwhile waits like one that overtook its decision
 MAX_TRACKED_FLOWS = 200_000
@@ -154,7 +159,8 @@ class StoreWriter:
         self.retention = retention
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._queue_size = queue_size
-        self._journal = SpillJournal(spill_path)
+        self._lock_fd, journal_path = _claim_journal(spill_path)
+        self._journal = SpillJournal(journal_path)
         self._queued = itertools.count()
         self._dropped = itertools.count()
         self._n_queued = 0
@@ -234,6 +240,9 @@ class StoreWriter:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("store writer did not finish within %.0f s", timeout)
+            return  # the thread still uses the journal: keep it claimed
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)  # releases the flock
 
     @property
     def stats(self) -> WriterStats:
@@ -634,6 +643,31 @@ class StoreWriter:
             return
         if result.flows or result.findings:
             log.info("retention pruned %d flows, %d findings", result.flows, result.findings)
+
+
+def _claim_journal(base: Path) -> tuple[int, Path]:
+    """Take the first free journal slot: ``base``, then ``base.1``, ``base.2`` ...
+
+    Two processes writing to one database (the proxy and the sniffer units)
+    would otherwise share the default journal and replay each other's records.
+    A slot is owned through an exclusive ``flock`` on ``<slot>.lock``, held
+    until ``close()`` (the kernel drops it if the process dies), so a journal
+    left by a dead writer is replayed by the next writer that claims its slot.
+    """
+    base.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for n in range(MAX_JOURNAL_SLOTS):
+        path = base if n == 0 else base.with_name(f"{base.name}.{n}")
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        return fd, path
+    raise StoreError(
+        f"{MAX_JOURNAL_SLOTS} store writers already hold spill journals at {base}; "
+        "give this one its own spill path"
+    )
 
 
 def _close_values(c: dict[str, Any]) -> dict[str, Any]:
