@@ -116,10 +116,13 @@ class Inspector:
 
         classified = self._classify(obs, category)
         extra = classified.flags
-        if obs.ech or extra:
+        if obs.ech or obs.tags or extra:
             flags = list(base_flags)
             if obs.ech:
                 flags.append("ech")
+            for tag in obs.tags:  # what the sensor knows of the flow (dot, doh, doq ...)
+                if tag not in flags:
+                    flags.append(tag)
             for flag in extra:
                 if flag not in flags:
                     flags.append(flag)
