@@ -402,7 +402,12 @@ def test_alerts_roundtrip(store: Store) -> None:
 # -- retention --------------------------------------------------------------------------------
 
 
-def test_prune_with_shorter_findings_retention(store: Store, tmp_path: Path) -> None:
+def test_prune_with_shorter_findings_retention(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from egresswatch.store import retention
+
+    monkeypatch.setattr(retention, "PRUNE_CHUNK", 1)  # several chunks per table
     now = 1_800_000_000.0
     day = 86_400.0
     w = writer_for(store, tmp_path)

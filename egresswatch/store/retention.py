@@ -17,6 +17,8 @@ from egresswatch.store.engine import Store
 from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
 
 DAY = 86_400.0
+#: rows deleted per transaction by prune
+PRUNE_CHUNK = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +85,27 @@ def prune(
         ("dns_answers", DnsAnswerRow, dns_older_than),
     )
     counts: dict[str, int] = {}
-    with store.connect() as conn:
-        for name, model, age in plan:
-            if age is None:
-                counts[name] = 0
-                continue
-            cutoff = now - age
-            if dry_run:
+    for name, model, age in plan:
+        if age is None:
+            counts[name] = 0
+            continue
+        cutoff = now - age
+        if dry_run:
+            with store.connect() as conn:
                 stmt = select(func.count()).select_from(model).where(model.ts < cutoff)
                 counts[name] = int(conn.execute(stmt).scalar_one())
-            else:
-                result = conn.execute(delete(model).where(model.ts < cutoff))
-                counts[name] = int(result.rowcount or 0)
+            continue
+        # in chunks, one transaction each: a writer waiting for the lock (SQLite) gets
+        # its turn between chunks instead of timing out and spilling
+        total = 0
+        while True:
+            ids = select(model.id).where(model.ts < cutoff).limit(PRUNE_CHUNK)
+            with store.connect() as conn:
+                deleted = int(conn.execute(delete(model).where(model.id.in_(ids))).rowcount or 0)
+            total += deleted
+            if deleted < PRUNE_CHUNK:
+                break
+        counts[name] = total
     return PruneResult(dry_run=dry_run, **counts)
 
 
