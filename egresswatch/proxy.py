@@ -187,10 +187,44 @@ def _host_of(authority: str) -> str:
     return authority.lower().rstrip(".")
 
 
+#: Raw header names as sent -> lower-case str; clients send the same few names every time.
+_HEADER_NAMES: dict[bytes, str] = {}
+
+
+def _header_name(raw: bytes) -> str:
+    name = raw.decode("latin-1").lower()
+    if len(_HEADER_NAMES) < 1024:  # bounded: odd names from one client cannot grow it
+        _HEADER_NAMES[raw] = name
+    return name
+
+
 def _headers(h: http.Headers) -> tuple[tuple[str, str], ...]:
     # Straight from the raw fields: several times cheaper than Headers.items(multi=True).
+    names = _HEADER_NAMES
     return tuple(
-        (k.decode("latin-1").lower(), v.decode("utf-8", "surrogateescape")) for k, v in h.fields
+        [
+            (names.get(k) or _header_name(k), v.decode("utf-8", "surrogateescape"))
+            for k, v in h.fields
+        ]
+    )
+
+
+def _framing(h: http.Headers) -> tuple[str | None, str]:
+    """Content-Length and Transfer-Encoding as ``Headers.get`` gives them, in one pass.
+
+    Repeated fields are joined with ", " like mitmproxy's multidict does, so a doubled
+    Content-Length is still not a number.
+    """
+    length: list[bytes] = []
+    coding: list[bytes] = []
+    for k, v in h.fields:
+        if len(k) == 14 and k.lower() == b"content-length":
+            length.append(v)
+        elif len(k) == 17 and k.lower() == b"transfer-encoding":
+            coding.append(v)
+    return (
+        b", ".join(length).decode("utf-8", "surrogateescape") if length else None,
+        b", ".join(coding).decode("utf-8", "surrogateescape"),
     )
 
 
@@ -627,8 +661,8 @@ class EgressWatch:
         self._requestheaders(flow)
 
     def _requestheaders(self, flow: http.HTTPFlow) -> None:
-        length = flow.request.headers.get("content-length")
-        chunked = "chunked" in flow.request.headers.get("transfer-encoding", "").lower()
+        length, coding = _framing(flow.request.headers)
+        chunked = "chunked" in coding.lower()
         too_big = chunked or (
             length is not None and length.isdigit() and int(length) > self._cfg.stream_above
         )
