@@ -15,7 +15,8 @@ import enum
 import itertools
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 #: ISO 3166 code used for "unknown" in metrics and reports (ISO 3166 user-assigned).
 UNKNOWN_COUNTRY = "ZZ"
@@ -40,6 +41,62 @@ os.register_at_fork(after_in_child=_reseed)
 def new_id() -> str:
     """A 32-hex-digit id, unique across processes (random prefix) and within one (counter)."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+class _Factory:
+    """Default of a field with a default_factory in a quick ``__init__`` (shown as <factory>)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<factory>"
+
+
+_FACTORY = _Factory()
+
+
+def _quick_init[T](cls: type[T]) -> type[T]:
+    """Give a frozen, slotted dataclass an ``__init__`` that stores through its slots.
+
+    The ``__init__`` dataclasses generates for a frozen class calls ``object.__setattr__``
+    once per field, looked up anew each time; this one calls each slot's own setter, bound
+    once. Same parameters, defaults and factories, same frozen instances afterwards; about
+    40% cheaper for the 25 fields of an Observation, built on every request (issue #2).
+    """
+    names: list[str] = []
+    params: list[str] = []
+    lines: list[str] = []
+    env: dict[str, Any] = {"_FACTORY": _FACTORY}
+    for f in fields(cls):  # type: ignore[arg-type]
+        if not f.init or f.kw_only:
+            raise TypeError(f"{cls.__name__}.{f.name}: only plain init fields are supported")
+        names.append(f.name)
+        if f.default is not MISSING:
+            env[f"_d_{f.name}"] = f.default
+            params.append(f"{f.name}=_d_{f.name}")
+        elif f.default_factory is not MISSING:
+            env[f"_f_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=_FACTORY")
+            lines.append(f"    if {f.name} is _FACTORY:\n        {f.name} = _f_{f.name}()")
+        else:
+            params.append(f.name)
+        env[f"_s_{f.name}"] = cls.__dict__[f.name].__set__  # the slot's member descriptor
+    lines += [f"    _s_{n}(self, {n})" for n in names]
+    source = (
+        f"def __make__({', '.join(env)}):\n"
+        f"  def __init__(self, {', '.join(params)}) -> None:\n"
+        + "\n".join("  " + line.replace("\n", "\n  ") for line in lines)
+        + "\n  return __init__\n"
+    )
+    scope: dict[str, Any] = {}
+    exec(compile(source, f"<quick __init__ of {cls.__name__}>", "exec"), scope)
+    init = scope["__make__"](**env)
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    init.__doc__ = cls.__init__.__doc__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
 
 
 class Sensor(enum.StrEnum):
@@ -149,6 +206,7 @@ class MatchKind(enum.StrEnum):
     LOOKALIKE = "lookalike"
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What a sensor saw, normalised. Bodies are bounded by the sensor."""
@@ -260,6 +318,7 @@ class ServiceMatch:
         return self.kind is MatchKind.OFFICIAL
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Finding:
     """A sensitive item in a payload, kept only in redacted form."""
@@ -272,6 +331,7 @@ class Finding:
     detail: str | None = None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Assessment:
     """An observation enriched with where it goes and what it carries; the policy's input."""
@@ -294,6 +354,7 @@ class Assessment:
         return None
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Verdict:
     """The policy's answer: what to do, which rule said so, and why in one sentence."""
@@ -319,6 +380,7 @@ class Verdict:
         return "would-block" if self.would_block else str(self.action)
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the inspector returns for one observation."""
@@ -334,6 +396,7 @@ class Decision:
         return self.assessment.observation
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class FlowClosed:
     """The end of a flow already decided: final byte counts for the sinks."""
