@@ -6,6 +6,8 @@ The PostgreSQL server comes from the Debian package, started by the fixture on
 
 from __future__ import annotations
 
+import contextlib
+import os
 import stat
 import time
 from collections import Counter
@@ -600,3 +602,46 @@ def test_writers_sharing_a_spill_path_get_their_own_journals(tmp_path: Path) -> 
         b.close()
     assert count_flows(store) == 20
     store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_journal_on_a_full_disk_counts_lost_decisions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Database locked and the journal's disk full: nothing silent, nothing torn."""
+    import sqlite3
+    import subprocess
+
+    from egresswatch.store import engine as engine_mod
+
+    monkeypatch.setattr(engine_mod, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
+    try:
+        # fill the disk to the last block (unbuffered: nothing left to flush on close)
+        with open(full / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"x" * 4096)
+        store = open_store(str(tmp_path / "full.db"))
+        w = store.writer(spill_path=full / "spill.jsonl", batch_size=10, flush_interval=0.05)
+        blocker = sqlite3.connect(tmp_path / "full.db")
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            for i in range(30):
+                w.record(make_decision(i))
+            deadline = time.monotonic() + 20
+            while w.stats.lost < 30 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            blocker.rollback()
+            blocker.close()
+        w.close()
+        stats = w.stats
+        assert stats.lost == 30 and stats.spilled == 0 and stats.write_errors >= 1
+        assert stats.last_error is not None and "No space left" in stats.last_error
+        journal = full / "spill.jsonl"
+        assert not journal.exists() or journal.read_bytes() == b""  # nothing torn left
+        store.close()
+    finally:
+        subprocess.run(["umount", str(full)], check=False)

@@ -107,6 +107,10 @@ class WriterStats:
     replayed: int
     #: decisions the database refused (bad data), after a row-by-row retry
     failed: int
+    #: decisions neither the database nor the spill journal could take (a full disk)
+    lost: int
+    #: failed database writes (batches or rows), for a "store cannot write" alert
+    write_errors: int
     #: closes waiting for their decision row
     closes_pending: int
     queue_length: int
@@ -169,6 +173,8 @@ class StoreWriter:
         self._spilled = 0
         self._replayed = 0
         self._failed = 0
+        self._lost = 0
+        self._write_errors = 0
         self._last_error: str | None = None
         #: (flow_id, sensor) -> decision ids written for it, oldest first (for closes)
         self._flows: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
@@ -254,6 +260,8 @@ class StoreWriter:
             spilled=self._spilled,
             replayed=self._replayed,
             failed=self._failed,
+            lost=self._lost,
+            write_errors=self._write_errors,
             closes_pending=len(self._pending),
             queue_length=self._queue.qsize(),
             queue_capacity=self._queue_size,
@@ -378,6 +386,7 @@ class StoreWriter:
                     self._unreachable(e)
                     return i
                 self._last_error = _short(e)
+                self._write_errors += 1
                 if rec["k"] == "d":
                     self._failed += 1
                 log.warning("store refused a record: %s", self._last_error)
@@ -386,17 +395,27 @@ class StoreWriter:
     def _spill(self, records: list[dict[str, Any]]) -> None:
         # flows rows go to the journal keyed by column name, so a journal written by
         # one version replays into a newer schema
-        self._journal.append(
-            [
-                {"k": "d", "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)), "f": r["f"]}
-                if "v" in r
-                else r
-                for r in records
-            ]
-        )
-        self._spilled += sum(1 for r in records if r["k"] == "d")
+        decisions = sum(1 for r in records if r["k"] == "d")
+        try:
+            self._journal.append(
+                [
+                    {"k": "d", "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)), "f": r["f"]}
+                    if "v" in r
+                    else r
+                    for r in records
+                ]
+            )
+        except OSError as e:
+            # neither the database nor the journal takes them (a full disk under both):
+            # counted in stats.lost, never silent
+            self._lost += decisions
+            self._last_error = f"spill journal {self._journal.path}: {e.strerror or e}"
+            log.error("store: %d decisions lost: %s", decisions, self._last_error)
+            return
+        self._spilled += decisions
 
     def _unreachable(self, e: BaseException) -> None:
+        self._write_errors += 1
         self._last_error = _short(e)
         if not self._spilling:
             log.warning(
