@@ -701,6 +701,12 @@ class EgressWatch:
         if isinstance(stream, _HeadHold):
             if stream.blocked:
                 flow.kill()  # headers left, no body byte did; end it here
+                # mitmproxy 12 sends the end of a streamed message after this hook without
+                # checking for a kill (layers/http state_stream_request_body): for a chunked
+                # body that is the "0\r\n\r\n" terminator, and the server would take the
+                # request as complete (with an empty body). Abort the upstream connection
+                # first, so the server sees a reset mid-body, never a finished request.
+                _abort_upstream(flow)
             return
         raw = flow.request.raw_content or b""
         limit = self._cfg.body_limit
@@ -743,6 +749,11 @@ class EgressWatch:
         stream = req.stream
         out = stream.total if isinstance(stream, _HeadHold) else len(req.raw_content or b"")
         blocked = bool(meta.get("blocked"))
+        if blocked and isinstance(stream, _HeadHold) and flow.error is not None:
+            # The upstream reset (_abort_upstream) reports "server closed connection", which
+            # mitmproxy would answer with a 502; a kill closes the client connection instead,
+            # as for any other blocked stream (the request line and headers had left).
+            flow.error = flow.error.__class__(flow.error.KILLED_MESSAGE)
         self._closed(
             FlowClosed(
                 flow_id=flow.id,
@@ -890,6 +901,26 @@ def _with_process(decision: Decision, proc: ProcessInfo | None) -> Decision:
     return dataclasses.replace(
         decision, assessment=dataclasses.replace(decision.assessment, observation=obs)
     )
+
+
+def _abort_upstream(flow: http.HTTPFlow) -> bool:
+    """Reset the flow's server connection now (TCP RST). True if there was one to reset.
+
+    mitmproxy has no public way to cancel a request in transit (mitmproxy issue #4711), so
+    this reaches the connection's asyncio transport through the proxyserver addon. With
+    HTTP/2 upstream the other streams on that connection fail too: a block wins.
+    """
+    try:
+        server = ctx.master.addons.get("proxyserver")
+    except (AttributeError, ValueError):  # no master (unit tests without taddons)
+        return False
+    handler = getattr(server, "connections", {}).get(flow.client_conn.id)
+    io = getattr(handler, "transports", {}).get(flow.server_conn) if handler else None
+    writer = getattr(io, "writer", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        return False
+    writer.transport.abort()
+    return True
 
 
 def _refusing_connection() -> Any:

@@ -206,13 +206,6 @@ def test_http2_encoded_body_decoded_before_classification(plab: ProxyLab, enc: s
     _no_request(plab, t0, path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (proxy.py _HeadHold + mitmproxy 12): a blocked chunked upload is killed in the "
-    "request hook, but mitmproxy's streaming state sends the end of the message upstream "
-    "after that hook without checking for a kill, so the server receives a complete POST "
-    "with an empty body instead of an aborted one",
-)
 def test_blocked_chunked_upload_never_completes_upstream(plab: ProxyLab) -> None:
     t0 = time.time()
     blob = plab.tmp / "card-chunked.json"
