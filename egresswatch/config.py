@@ -125,6 +125,13 @@ def parse_host_port(value: Any) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def parse_optional_host_port(value: Any) -> tuple[str, int] | None:
+    """Like :func:`parse_host_port`; empty or ``off`` means None (not listening)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "off")):
+        return None
+    return parse_host_port(value)
+
+
 def parse_size(value: Any) -> int:
     """``65536``, ``"64k"``, ``"1m"`` -> bytes (the proxy's own parser)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -289,6 +296,14 @@ FIELDS: tuple[Field, ...] = (
         ("127.0.0.1", 8080),
         "Proxy listen address. Loopback by default: elsewhere, other machines can use it.",
         "listen",
+    ),
+    _f(
+        "proxy.dns_listen",
+        parse_optional_host_port,
+        None,
+        "Serve DNS here (UDP and TCP; 'gateway setup --dns' redirects the LAN's DNS to :5353): "
+        "answers NXDOMAIN for Firefox's DoH canary and learns names for addresses. Off by default.",
+        "dns-listen",
     ),
     _f(
         "proxy.confdir",

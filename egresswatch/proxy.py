@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
-from mitmproxy import connection, ctx, exceptions, http, tcp, tls, udp, websocket
+from mitmproxy import connection, ctx, dns, exceptions, http, tcp, tls, udp, websocket
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
@@ -61,6 +61,14 @@ BLOCK_STATUS = 451
 #: how long a name resolved for judging stays cached, and how long a lookup may take
 _DNS_TTL = 60.0
 _DNS_TIMEOUT = 2.0
+#: Firefox's DoH canary domain: an NXDOMAIN answer tells Firefox not to switch on DNS over
+#: HTTPS by itself (support.mozilla.org, "Canary domain - use-application-dns.net").
+DOH_CANARY = "use-application-dns.net"
+#: address -> name learned from relayed DNS answers: at most this many entries ...
+_NAMES_MAX = 65_536
+#: ... each kept for its record's TTL, clamped: clients often cache past a short TTL
+#: (and connect after it), and a long TTL must not pin a stale name for a day.
+_NAME_TTL_MIN, _NAME_TTL_MAX = 300.0, 3600.0
 
 
 class InspectorLike(Protocol):
@@ -302,6 +310,8 @@ class EgressWatch:
         self._procs = ProcessLookup()
         self._attr: dict[str, asyncio.Future[ProcessInfo | None]] = {}
         self._dns: dict[str, tuple[str | None, float]] = {}
+        #: address -> (name, expiry), learned from the DNS answers this proxy relayed
+        self._names: dict[str, tuple[str, float]] = {}
         self._blocked_clients: set[str] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -515,6 +525,26 @@ class EgressWatch:
         self._dns[host] = (addr, now + _DNS_TTL)
         return addr
 
+    def _name_of(self, host: str | None) -> str | None:
+        """The DNS name of a destination: itself if a name, else the name learned for it."""
+        if host is None:
+            return None
+        if not _is_ip(host):
+            return host
+        hit = self._names.get(host)
+        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
+
+    def _learn(self, addr: str, name: str, ttl: float, now: float) -> None:
+        names = self._names
+        if addr not in names and len(names) >= _NAMES_MAX:
+            for key in [k for k, (_, exp) in names.items() if exp <= now]:
+                del names[key]
+            if len(names) >= _NAMES_MAX:  # all live: drop the oldest quarter (insertion order)
+                for key in list(names)[: _NAMES_MAX // 4]:
+                    del names[key]
+        names.pop(addr, None)  # re-insert: newest last
+        names[addr] = (name, now + min(max(ttl, _NAME_TTL_MIN), _NAME_TTL_MAX))
+
     def _cached_addr(self, host: str | None) -> str | None:
         if host is None or _is_ip(host):
             return host
@@ -564,7 +594,7 @@ class EgressWatch:
             flow_id=flow.id,
             sni=flow.client_conn.sni,
             http_host=_host_of(_first(headers, "host") or req.authority or req.host),
-            dns_name=None if _is_ip(host) else host,
+            dns_name=self._name_of(host),
             alpn=tuple(a.decode("ascii", "replace") for a in flow.client_conn.alpn_offers),
             method=req.method,
             path=req.path,
@@ -615,7 +645,7 @@ class EgressWatch:
             stage=Stage.CLIENTHELLO,
             flow_id=client.id,
             sni=sni,
-            dns_name=None if host is None or _is_ip(host) else host,
+            dns_name=self._name_of(host),
             alpn=tuple(a.decode("ascii", "replace") for a in data.client_hello.alpn_protocols),
             **self._client_fields(client, None),
         )
@@ -804,6 +834,30 @@ class EgressWatch:
             flow.client_conn,
         )
 
+    # -- DNS (mitmproxy's dns mode: egresswatch serves the LAN's DNS) -------------------------
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        if not flow.live or flow.response is not None:
+            return
+        if any(host_matches(q.name, (DOH_CANARY,)) for q in flow.request.questions):
+            # Answered here, upstream is never asked: Firefox keeps using this resolver.
+            flow.response = flow.request.fail(dns.response_codes.NXDOMAIN)
+            flow.metadata[META] = {"doh_canary": True}
+
+    def dns_response(self, flow: dns.DNSFlow) -> None:
+        resp = flow.response
+        if resp is None or not resp.answers or not flow.request.questions:
+            return
+        # The name the client asked for, not a CNAME target: it is what the client meant
+        # to reach (api.example.com -> CNAME cdn.net -> A): the catalog knows that name.
+        name = flow.request.questions[0].name.lower().rstrip(".")
+        now = time.monotonic()
+        for rr in resp.answers:
+            if rr.type == dns.types.A:
+                self._learn(str(rr.ipv4_address), name, rr.ttl, now)
+            elif rr.type == dns.types.AAAA:
+                self._learn(str(rr.ipv6_address), name, rr.ttl, now)
+
     # -- raw TCP / UDP ---------------------------------------------------------------------
 
     def _raw_obs(self, flow: tcp.TCPFlow | udp.UDPFlow, transport: Transport) -> Observation:
@@ -817,7 +871,7 @@ class EgressWatch:
             stage=Stage.CONNECT,
             flow_id=flow.id,
             sni=flow.client_conn.sni,
-            dns_name=None if host is None or _is_ip(host) else host,
+            dns_name=self._name_of(host),
             **self._client_fields(flow.client_conn, None),
         )
 

@@ -295,6 +295,7 @@ class Monitor:
             settings=self.settings,
             mode=c["proxy.mode"],
             listen=c["proxy.listen"],
+            dns_listen=c["proxy.dns_listen"],
             confdir=c["proxy.confdir"],
             passthrough=tuple(c["proxy.passthrough"]),
             allow_quic=c["proxy.allow_quic"],

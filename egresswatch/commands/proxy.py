@@ -125,6 +125,8 @@ class ProxyConfig:
     settings: Settings
     mode: str = "regular"
     listen: tuple[str, int] = ("127.0.0.1", 8080)
+    #: also serve DNS here (mitmproxy's dns mode; None: no DNS listener)
+    dns_listen: tuple[str, int] | None = None
     confdir: Path = DEFAULT_CONFDIR
     passthrough: tuple[str, ...] = ()
     allow_quic: bool = False
@@ -191,7 +193,7 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
     addon = EgressWatch(inspector, sinks)
     master.addons.add(addon)
     values: dict[str, Any] = {
-        "mode": [config.mode],
+        "mode": [config.mode] + ([dns_mode(config.dns_listen)] if config.dns_listen else []),
         "listen_host": config.listen[0],
         "listen_port": config.listen[1],
         "confdir": str(config.confdir.expanduser()),
@@ -214,6 +216,12 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
         sinks.close()
         raise ProxyError(f"bad mitmproxy option: {e}") from e
     return master
+
+
+def dns_mode(listen: tuple[str, int]) -> str:
+    """mitmproxy's mode spec for a DNS listener on ``listen`` (``dns@HOST:PORT``)."""
+    host, port = listen
+    return f"dns@{host}:{port}" if ":" not in host else f"dns@[{host}]:{port}"
 
 
 def build_parts(settings: Settings) -> tuple[Any, Any]:
@@ -329,6 +337,14 @@ def _policy_mode_flag(enforce: bool | None) -> Mode | None:
 )
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics.")
 @click.option(
+    "--dns-listen",
+    type=HostPortType(),
+    default=None,
+    help="Also serve DNS (UDP and TCP) here, e.g. 127.0.0.1:5353: the Firefox DoH canary "
+    "gets NXDOMAIN, and names learned from answers label later connections by address "
+    "(see 'egresswatch gateway setup --dns'). Off by default.",
+)
+@click.option(
     "--sensor-name", help="This sensor's name in records and metrics (default: host name)."
 )
 @click.option(
@@ -418,6 +434,7 @@ def proxy(**params: Any) -> None:
         settings=settings,
         mode=params["proxy_mode"],
         listen=params["listen"],
+        dns_listen=params["dns_listen"],
         confdir=params["confdir"],
         passthrough=tuple(params["passthrough"]),
         allow_quic=params["allow_quic"],

@@ -40,6 +40,7 @@ class FieldType(click.ParamType):
 #: how --help shows a value of each parser
 _METAVARS: dict[Callable[[Any], Any], str] = {
     cfg.parse_host_port: "host:port",
+    cfg.parse_optional_host_port: "host:port",
     cfg.parse_path: "path",
     cfg.parse_existing_file: "file",
     cfg.parse_positive_float: "seconds",
