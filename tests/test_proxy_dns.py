@@ -207,8 +207,13 @@ def test_dns_mode_spec_parses_in_mitmproxy(listen: tuple[str, int], spec: str) -
 
 @pytest.mark.parametrize(
     ("value", "parsed"),
-    [("", None), ("off", None), (None, None), ("5353", ("127.0.0.1", 5353)),
-     ("0.0.0.0:53", ("0.0.0.0", 53))],
+    [
+        ("", None),
+        ("off", None),
+        (None, None),
+        ("5353", ("127.0.0.1", 5353)),
+        ("0.0.0.0:53", ("0.0.0.0", 53)),
+    ],
 )
 def test_dns_listen_config_value(value: object, parsed: object) -> None:
     assert cfg.parse_optional_host_port(value) == parsed
