@@ -291,6 +291,40 @@ class _HeadHold:
         return [out] if out else []
 
 
+def answer_doh_canary(flow: dns.DNSFlow, *, replace: bool = False) -> bool:
+    """NXDOMAIN for Firefox's DoH canary (and names below it). True if answered."""
+    if not flow.live or (flow.response is not None and not replace):
+        return False
+    if not any(host_matches(q.name, (DOH_CANARY,)) for q in flow.request.questions):
+        return False
+    flow.response = flow.request.fail(dns.response_codes.NXDOMAIN)
+    flow.metadata[META] = {"doh_canary": True}
+    return True
+
+
+class DohCanary:
+    """mitmproxy addon: answer the DoH canary before mitmproxy's ``DnsResolver`` asks upstream.
+
+    Addons see a hook in the order they were added, and the resolver is one of mitmproxy's
+    default addons: :func:`install_doh_canary` puts this one just before it.
+    """
+
+    def dns_request(self, flow: dns.DNSFlow) -> None:
+        answer_doh_canary(flow)
+
+
+def install_doh_canary(master: Any) -> DohCanary:
+    """Add :class:`DohCanary` to ``master`` ahead of its DNS resolver (if it has one)."""
+    canary = DohCanary()
+    master.addons.add(canary)
+    resolver = master.addons.get("dnsresolver")
+    chain: list[Any] = master.addons.chain
+    if resolver is not None and resolver in chain:
+        chain.remove(canary)
+        chain.insert(chain.index(resolver), canary)
+    return canary
+
+
 class EgressWatch:
     """mitmproxy addon: judge, enforce and record each flow (see the module docstring)."""
 
@@ -837,12 +871,9 @@ class EgressWatch:
     # -- DNS (mitmproxy's dns mode: egresswatch serves the LAN's DNS) -------------------------
 
     def dns_request(self, flow: dns.DNSFlow) -> None:
-        if not flow.live or flow.response is not None:
-            return
-        if any(host_matches(q.name, (DOH_CANARY,)) for q in flow.request.questions):
-            # Answered here, upstream is never asked: Firefox keeps using this resolver.
-            flow.response = flow.request.fail(dns.response_codes.NXDOMAIN)
-            flow.metadata[META] = {"doh_canary": True}
+        # Normally DohCanary, placed before mitmproxy's resolver, has answered already;
+        # as a `mitmdump -s` script this addon runs after the resolver: answer all the same.
+        answer_doh_canary(flow, replace=True)
 
     def dns_response(self, flow: dns.DNSFlow) -> None:
         resp = flow.response

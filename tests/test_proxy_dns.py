@@ -242,3 +242,32 @@ async def test_proxy_master_gets_the_dns_mode(tmp_path: Path) -> None:
     assert list(master.options.mode) == ["regular", "dns@127.0.0.1:5399"]
     plain = build_master(dataclasses.replace(conf, dns_listen=None), mitm.fake_inspector(), sink)
     assert list(plain.options.mode) == ["regular"]
+
+
+async def test_canary_addon_runs_before_mitmproxys_resolver(tmp_path: Path) -> None:
+    from mitmproxy.addons.dns_resolver import DnsResolver
+
+    from egresswatch.commands.proxy import build_master
+    from egresswatch.runtime import Settings
+
+    conf = ProxyConfig(
+        settings=Settings(store=False), dns_listen=("127.0.0.1", 5399), confdir=tmp_path
+    )
+    master = build_master(conf, mitm.fake_inspector(), mitm.RecordingSink())
+    kinds = [type(a) for a in master.addons.chain]
+    # addons see dns_request in chain order: the canary is answered before any upstream lookup
+    assert kinds.index(proxy.DohCanary) < kinds.index(DnsResolver)
+    assert kinds.index(DnsResolver) < kinds.index(proxy.EgressWatch)
+
+
+def test_egresswatch_answers_the_canary_even_after_a_resolver() -> None:
+    # As a `mitmdump -s` script the addon runs after the resolver: the answer is replaced.
+    addon, _sink, _tctx = make()
+    f = query("use-application-dns.net")
+    f.response = f.request.succeed([a("use-application-dns.net", "192.0.2.99")])
+    addon.dns_request(f)
+    assert f.response.response_code == dns.response_codes.NXDOMAIN and not f.response.answers
+    g = query("api.openai.com")
+    g.response = g.request.succeed([a("api.openai.com", "198.51.100.20")])
+    addon.dns_request(g)
+    assert g.response.answers  # other answers untouched

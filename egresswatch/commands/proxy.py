@@ -184,7 +184,7 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
     from mitmproxy import exceptions, options
     from mitmproxy.tools.dump import DumpMaster
 
-    from egresswatch.proxy import EgressWatch
+    from egresswatch.proxy import EgressWatch, install_doh_canary
 
     if inspector is None or sinks is None:
         inspector, sinks = build_parts(config.settings)
@@ -192,6 +192,8 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
     master = DumpMaster(opts, with_termlog=config.verbose, with_dumper=False)
     addon = EgressWatch(inspector, sinks)
     master.addons.add(addon)
+    if config.dns_listen is not None:
+        install_doh_canary(master)
     values: dict[str, Any] = {
         "mode": [config.mode] + ([dns_mode(config.dns_listen)] if config.dns_listen else []),
         "listen_host": config.listen[0],
