@@ -102,6 +102,9 @@ class StoreStats:
     dropped: int = 0
     spill_bytes: int = 0
     spill_records: int = 0
+    spilling: bool = False
+    write_errors: int = 0
+    lost: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,24 @@ class _StoreCollector(Collector):
                 "egresswatch_store_spill_records",
                 "Decisions in the local spill journal waiting to be replayed.",
                 False,
+            ),
+            (
+                "spilling",
+                "egresswatch_store_spilling",
+                "1 while the database cannot be written and decisions go to the spill journal.",
+                False,
+            ),
+            (
+                "write_errors",
+                "egresswatch_store_write_errors",
+                "Failed database writes (unreachable server, full disk ...).",
+                True,
+            ),
+            (
+                "lost",
+                "egresswatch_store_lost",
+                "Decisions neither the database nor the spill journal could take (full disk).",
+                True,
             ),
         ]
         for attr, name, doc, counter in specs:

@@ -201,13 +201,6 @@ def test_disk_full_on_sqlite_path_traffic_flows(disk_full: DiskFull) -> None:
     assert "Traceback" not in d.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="missing: a full disk under the SQLite store is not visible on /metrics (no write "
-    "error or spilling metric; the spill journal sits on the same full disk) and raises no "
-    "alert (the default alert log is on that disk too); issue #8 asks for a clear alert and "
-    "metric",
-)
 def test_disk_full_on_sqlite_path_is_a_clear_metric(disk_full: DiskFull) -> None:
     failing = [
         line

@@ -74,6 +74,10 @@ EXPECTED_EMPTY: dict[str, tuple[str, str]] = {
         "egresswatch_store_queue_length / egresswatch_store_queue_capacity",
     ),
     "EgressWatchStoreDropping": ("nothing is dropped", "egresswatch_store_dropped_total == 0"),
+    "EgressWatchStoreLosing": (
+        "the disk has room",
+        "egresswatch_store_lost_total == 0",
+    ),
     "EgressWatchStoreSpilling": (
         "the database is reachable",
         "egresswatch_store_spill_records == 0",
