@@ -9,16 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from egresswatch.classify.redact import redact_path
 from egresswatch.model import Decision, GeoAnswer, ServiceMatch
 
-
-def redact_path(path: str | None) -> str | None:
-    """Keep the path and the query's keys; drop the query's values (they carry tokens)."""
-    if not path or "?" not in path:
-        return path
-    base, _, query = path.partition("?")
-    keys = [part.split("=", 1)[0] for part in query.split("&") if part]
-    return base + "?" + "&".join(f"{k}=…" for k in keys)
+__all__ = ["decision_to_dict", "geo_to_dict", "redact_path", "service_to_dict"]
 
 
 def geo_to_dict(geo: GeoAnswer) -> dict[str, Any]:

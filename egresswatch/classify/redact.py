@@ -141,3 +141,33 @@ def redact(kind: FindingKind | str, value: str, detail: str | None = None) -> st
         return _MASK * 8
     # PASSWORD and anything else: nothing of the value is worth keeping.
     return _MASK * 8
+
+
+#: what replaces each query-string value in a stored or printed path
+QUERY_VALUE_REDACTED = "…"
+
+
+def redact_path(path: str | None) -> str | None:
+    """Drop the fragment and replace every query-string value, keeping the keys.
+
+    ``/v1/search?q=secret&key=sk-1`` -> ``/v1/search?q=…&key=…``. Keys are kept
+    because they tell what kind of data went out; values are what must not be
+    stored (RFC 3986 section 3.4: the query is opaque data; ``&``/``=`` splitting is
+    the application/x-www-form-urlencoded convention everyone uses).
+    """
+    if path is None:
+        return None
+    if "?" not in path and "#" not in path:
+        return path  # the common case, without building anything
+    path = path.split("#", 1)[0]
+    if "?" not in path:
+        return path
+    base, query = path.split("?", 1)
+    parts = []
+    for pair in query.split("&"):
+        if not pair:
+            continue
+        key, sep, _value = pair.partition("=")
+        # a bare value without '=' may itself be a token: keep only that it was there
+        parts.append(f"{key}={QUERY_VALUE_REDACTED}" if sep else QUERY_VALUE_REDACTED)
+    return base + "?" + "&".join(parts) if parts else base

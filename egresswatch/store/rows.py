@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from egresswatch.classify.redact import redact_path
 from egresswatch.model import UNKNOWN_COUNTRY, Action, Decision, FlowClosed, Mode
 
 _BLOCK = Action.BLOCK
 _MONITOR = Mode.MONITOR
 
 #: what replaces every query-string value (keys stay: ``?key=…&model=…``)
-REDACTED = "…"
 
 #: column -> max length, from schema.py (PostgreSQL refuses longer strings)
 _LIMITS = {
@@ -51,32 +51,6 @@ def clip(value: str | None, limit: int) -> str | None:
     if value is None or len(value) <= limit:
         return value
     return value[: limit - 1] + "…"
-
-
-def redact_path(path: str | None) -> str | None:
-    """Drop the fragment and replace every query-string value, keeping the keys.
-
-    ``/v1/search?q=secret&key=sk-1`` -> ``/v1/search?q=…&key=…``. Keys are kept
-    because they tell what kind of data went out; values are what must not be
-    stored (RFC 3986 section 3.4: the query is opaque data; ``&``/``=`` splitting is
-    the application/x-www-form-urlencoded convention everyone uses).
-    """
-    if path is None:
-        return None
-    if "?" not in path and "#" not in path:
-        return path  # the common case, without building anything
-    path = path.split("#", 1)[0]
-    if "?" not in path:
-        return path
-    base, query = path.split("?", 1)
-    parts = []
-    for pair in query.split("&"):
-        if not pair:
-            continue
-        key, sep, _value = pair.partition("=")
-        # a bare value without '=' may itself be a token: keep only that it was there
-        parts.append(f"{key}={REDACTED}" if sep else REDACTED)
-    return base + "?" + "&".join(parts) if parts else base
 
 
 def join_set(values: tuple[str, ...] | list[str]) -> str:
