@@ -180,6 +180,7 @@ class Store:
         spill_path: str | os.PathLike[str] | None = None,
         node: str | None = None,
         retention: Retention | None = None,
+        raw_bodies: int = 0,
     ) -> StoreWriter:
         """Start a :class:`~egresswatch.store.writer.StoreWriter` (a ``ports.Sink``) on this store.
 
@@ -187,7 +188,9 @@ class Store:
         by default ``<db file>.spill.jsonl`` for SQLite, else a file in the data
         folder named after this URL. ``node`` names this sensor in a central
         store (default: the host name). ``retention`` makes the writer prune by
-        itself (see :mod:`egresswatch.store.retention`).
+        itself (see :mod:`egresswatch.store.retention`). ``raw_bodies`` > 0 is the
+        user's opt-in to keep that many bytes of each request body raw
+        (``payload_excerpts``); 0, the default, stores no body byte.
         """
         from egresswatch.store.writer import StoreWriter
 
@@ -199,6 +202,7 @@ class Store:
             spill_path=Path(spill_path) if spill_path else self.default_spill_path(),
             node=node,
             retention=retention,
+            raw_bodies=raw_bodies,
         )
 
     def default_spill_path(self) -> Path:

@@ -2,6 +2,9 @@
 
 Findings may be kept for a shorter time than flows (they are the more
 sensitive part, even redacted); deleting a flow also deletes its findings.
+Raw body excerpts (``payload_excerpts``, only written when the user opted in
+with ``store.raw_bodies``) have their own, short retention: one day by default,
+never longer than the flows they belong to.
 ``egresswatch db prune`` calls :func:`prune`; a writer given a
 :class:`Retention` prunes by itself every ``interval`` seconds.
 """
@@ -14,7 +17,13 @@ from dataclasses import dataclass
 from sqlalchemy import delete, func, select
 
 from egresswatch.store.engine import Store
-from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
+from egresswatch.store.schema import (
+    AlertRow,
+    DnsAnswerRow,
+    FindingRow,
+    Flow,
+    PayloadExcerptRow,
+)
 
 DAY = 86_400.0
 #: rows deleted per transaction by prune
@@ -32,11 +41,13 @@ class Retention:
     alerts: float | None = None
     #: DNS answers only help name addresses seen recently
     dns_answers: float | None = 7 * DAY
+    #: raw body excerpts (opt-in, the most sensitive rows): a day; never longer than flows
+    excerpts: float | None = 1 * DAY
     #: seconds between automatic prunes in the writer
     interval: float = 3600.0
 
     def __post_init__(self) -> None:
-        for name in ("flows", "findings", "alerts", "dns_answers"):
+        for name in ("flows", "findings", "alerts", "dns_answers", "excerpts"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"retention {name} must be positive, got {value}")
@@ -52,6 +63,7 @@ class PruneResult:
     findings: int
     alerts: int
     dns_answers: int
+    excerpts: int = 0
     dry_run: bool = False
 
 
@@ -61,6 +73,7 @@ def prune(
     findings_older_than: float | None = None,
     alerts_older_than: float | None = None,
     dns_older_than: float | None = None,
+    excerpts_older_than: float | None = None,
     *,
     now: float | None = None,
     dry_run: bool = False,
@@ -69,7 +82,8 @@ def prune(
 
     ``findings_older_than`` and ``alerts_older_than`` default to the flows age;
     a findings age longer than the flows age has no effect beyond it, since the
-    findings of deleted flows go too.
+    findings of deleted flows go too. Raw body excerpts follow the same rule:
+    ``excerpts_older_than`` defaults to, and is capped at, the flows age.
     """
     now = time.time() if now is None else now
     if findings_older_than is None:
@@ -78,11 +92,16 @@ def prune(
         alerts_older_than = flows_older_than
     if findings_older_than is not None and flows_older_than is not None:
         findings_older_than = min(findings_older_than, flows_older_than)
+    if excerpts_older_than is None:
+        excerpts_older_than = flows_older_than
+    elif flows_older_than is not None:
+        excerpts_older_than = min(excerpts_older_than, flows_older_than)
     plan = (
         ("flows", Flow, flows_older_than),
         ("findings", FindingRow, findings_older_than),
         ("alerts", AlertRow, alerts_older_than),
         ("dns_answers", DnsAnswerRow, dns_older_than),
+        ("excerpts", PayloadExcerptRow, excerpts_older_than),
     )
     counts: dict[str, int] = {}
     for name, model, age in plan:
@@ -117,5 +136,6 @@ def apply(store: Store, retention: Retention, now: float | None = None) -> Prune
         retention.findings,
         retention.alerts,
         retention.dns_answers,
+        retention.excerpts,
         now=now,
     )

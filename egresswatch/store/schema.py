@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models: flows, findings, alerts and DNS answers.
+"""SQLAlchemy 2 models: flows, findings, alerts, DNS answers and opt-in raw body excerpts.
 
 The schema itself is created and changed only by the alembic migrations in
 ``egresswatch/store/migrations`` (never ``metadata.create_all``), so an old
@@ -20,7 +20,7 @@ Conventions, chosen for speed on both SQLite and PostgreSQL:
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: SQLite only makes ``INTEGER PRIMARY KEY`` an alias of the rowid (fast, autoincrementing);
@@ -203,4 +203,33 @@ class DnsAnswerRow(Base):
         Index("ix_dns_answer_ts", "answer", "ts"),
         Index("ix_dns_qname", "qname"),
         Index("ix_dns_ts", "ts"),
+    )
+
+
+class PayloadExcerptRow(Base):
+    """The first bytes of a request body, kept only when the user opted in (``store.raw_bodies``).
+
+    This is raw data, unlike everything else in the store: the bytes as the
+    sensor saw them, before any content decoding, capped at the configured size.
+    Kept for its own, short retention (``Retention.excerpts``, a day by default).
+    """
+
+    __tablename__ = "payload_excerpts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    decision_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    ts: Mapped[float] = mapped_column(Float, nullable=False)
+    sensor: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: the first ``raw_bodies`` bytes of the body, as sent (possibly content-encoded)
+    body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    #: True when the body was longer than what is kept
+    truncated: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    #: the request's Content-Type header, if any
+    content_type: Mapped[str | None] = mapped_column(String(128))
+    #: the Content-Encoding header (gzip, br ...): the excerpt is not decoded
+    content_encoding: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ux_payload_excerpts_decision_id", "decision_id", unique=True),
+        Index("ix_payload_excerpts_ts", "ts"),
     )

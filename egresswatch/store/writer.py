@@ -21,10 +21,16 @@ unique ``decision_id`` index and ``flows`` needs no index on a second random
 key (which halved the insert rate, bench/store.py). When the writer knows no
 decision of the flow yet (still queued, or dropped), the close waits in a
 bounded table and is applied when the decision is inserted.
+
+Raw bodies are never stored unless the writer is given ``raw_bodies > 0`` (the
+user's opt-in, ``store.raw_bodies``): then the first ``raw_bodies`` bytes of each
+request body, as the sensor saw them, go to ``payload_excerpts`` in the same
+transaction as their flow row.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import itertools
@@ -54,7 +60,7 @@ from egresswatch.store.rows import (
     finding_rows,
     flow_values,
 )
-from egresswatch.store.schema import DnsAnswerRow, FindingRow, Flow
+from egresswatch.store.schema import DnsAnswerRow, FindingRow, Flow, PayloadExcerptRow
 from egresswatch.store.spill import SpillJournal
 
 log = logging.getLogger("egresswatch.store")
@@ -63,6 +69,8 @@ _FLOWS = cast(Table, Flow.__table__)
 _FINDINGS = cast(Table, FindingRow.__table__)
 _DNS = cast(Table, DnsAnswerRow.__table__)
 FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
+_EXCERPTS = cast(Table, PayloadExcerptRow.__table__)
+EXCERPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _EXCERPTS.columns if c.name != "id")
 
 #: journals (writers sharing one base path) at most, see _claim_journal
 MAX_JOURNAL_SLOTS = 32
@@ -153,14 +161,19 @@ class StoreWriter:
         spill_path: Path,
         node: str | None = None,
         retention: retention_mod.Retention | None = None,
+        raw_bodies: int = 0,
     ) -> None:
         if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
             raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
+        if raw_bodies < 0:
+            raise ValueError("raw_bodies must be >= 0 (0: never store raw bodies)")
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.node = node if node is not None else socket.gethostname()
         self.retention = retention
+        #: bytes of each request body kept raw in payload_excerpts; 0 (default): none
+        self.raw_bodies = raw_bodies
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
         self._queue_size = queue_size
         self._lock_fd, journal_path = _claim_journal(spill_path)
@@ -186,6 +199,9 @@ class StoreWriter:
         self._closing = threading.Event()
         self._closed = False
         self._insert_flows, self._insert_findings = self._insert_statements()
+        self._insert_excerpts = self._insert_sql(
+            "payload_excerpts", EXCERPT_COLUMNS, "decision_id", 1
+        )
         self._thread = threading.Thread(target=self._run, name="egresswatch-store", daemon=True)
         self._thread.start()
 
@@ -330,7 +346,16 @@ class StoreWriter:
             if kind == "d":
                 # "v": the flows values in FLOW_COLUMNS order (the fast path);
                 # the journal stores them as a dict, see _spill
-                records.append({"k": "d", "v": flow_values(obj, self.node), "f": finding_rows(obj)})
+                rec: dict[str, Any] = {
+                    "k": "d",
+                    "v": flow_values(obj, self.node),
+                    "f": finding_rows(obj),
+                }
+                if self.raw_bodies:
+                    excerpt = self._excerpt(obj)
+                    if excerpt is not None:
+                        rec["x"] = excerpt
+                records.append(rec)
             elif kind == "c":
                 records.append({"k": "c", "c": closed_row(obj)})
             else:
@@ -351,6 +376,26 @@ class StoreWriter:
                     }
                 )
         return records
+
+    def _excerpt(self, decision: Decision) -> dict[str, Any] | None:
+        """The opted-in raw excerpt of a decision's request body, or None without a body.
+
+        The body is base64 text here so that a spilled record stays JSON; it is
+        decoded when written.
+        """
+        obs = decision.observation
+        if not obs.body:
+            return None
+        keep = obs.body[: self.raw_bodies]
+        return {
+            "decision_id": decision.id,
+            "ts": obs.time,
+            "sensor": str(obs.sensor),
+            "body": base64.b64encode(keep).decode("ascii"),
+            "truncated": obs.body_truncated or len(obs.body) > len(keep),
+            "content_type": (obs.header("content-type") or "")[:128] or None,
+            "content_encoding": (obs.header("content-encoding") or "")[:64] or None,
+        }
 
     def _handle(self, batch: list[tuple[str, Any]]) -> None:
         records = self._to_records(batch)
@@ -399,7 +444,12 @@ class StoreWriter:
         try:
             self._journal.append(
                 [
-                    {"k": "d", "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)), "f": r["f"]}
+                    {
+                        "k": "d",
+                        "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)),
+                        "f": r["f"],
+                        **({"x": r["x"]} if "x" in r else {}),
+                    }
                     if "v" in r
                     else r
                     for r in records
@@ -547,6 +597,7 @@ class StoreWriter:
         findings: list[tuple[Any, ...]] = []
         closes: list[dict[str, Any]] = []
         dns: list[dict[str, Any]] = []
+        excerpts: list[tuple[Any, ...]] = []
         used: list[tuple[str, str]] = []
         pending = self._pending
         for rec in records:
@@ -568,6 +619,10 @@ class StoreWriter:
                 flows.append(tuple(values))  # exec_driver_sql takes tuples or dicts only
                 for f in rec["f"]:
                     findings.append(tuple(f.get(c) for c in FINDING_COLUMNS))
+                x = rec.get("x")
+                if x is not None:
+                    x = {**x, "body": base64.b64decode(x["body"])}
+                    excerpts.append(tuple(x.get(c) for c in EXCERPT_COLUMNS))
             elif kind == "c":
                 closes.append(rec["c"])
             elif kind == "n":
@@ -577,6 +632,8 @@ class StoreWriter:
                 self._insert_many(conn, "flows", FLOW_COLUMNS, "decision_id", flows)
             if findings:
                 self._insert_many(conn, "findings", FINDING_COLUMNS, "decision_id, seq", findings)
+            if excerpts:
+                conn.exec_driver_sql(self._insert_excerpts, excerpts)
             if dns:
                 conn.execute(insert(_DNS), dns)
             closed = self._apply_closes(conn, closes) if closes else []
@@ -660,8 +717,13 @@ class StoreWriter:
             self._last_error = str(e)
             log.warning("retention prune failed: %s", e)
             return
-        if result.flows or result.findings:
-            log.info("retention pruned %d flows, %d findings", result.flows, result.findings)
+        if result.flows or result.findings or result.excerpts:
+            log.info(
+                "retention pruned %d flows, %d findings, %d raw body excerpts",
+                result.flows,
+                result.findings,
+                result.excerpts,
+            )
 
 
 def _claim_journal(base: Path) -> tuple[int, Path]:
