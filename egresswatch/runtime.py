@@ -24,11 +24,20 @@ if TYPE_CHECKING:
     from egresswatch.metrics import Metrics, MetricsServer
     from egresswatch.policy import Policy
     from egresswatch.store import Store
+    from egresswatch.store.retention import Retention
     from egresswatch.store.writer import StoreWriter
 
 #: How much of a request body the classifier sees (DESIGN.md: bounded).
 DEFAULT_BODY_LIMIT = 256 * 1024
 DEFAULT_METRICS_LISTEN = ("127.0.0.1", 9721)
+
+
+def default_retention() -> Retention:
+    """The store's default retention: flows 30 days (findings and alerts as long),
+    DNS answers 7 days, raw body excerpts 1 day (see ``store.retention.Retention``)."""
+    from egresswatch.store.retention import Retention
+
+    return Retention()
 
 
 def default_sensor_name() -> str:
@@ -53,6 +62,12 @@ class Settings:
     #: record decisions in the database at all
     store: bool = True
     spill_path: Path | None = None
+    #: how long the writer keeps rows (it prunes hourly); None: keep everything forever.
+    #: Default: flows 30 days, DNS answers 7 days, raw body excerpts 1 day.
+    retention: Retention | None = field(default_factory=default_retention)
+    #: bytes of each request body stored raw (``payload_excerpts``); 0, the default:
+    #: no body byte is ever stored. Opt-in only (DESIGN.md, issue #8).
+    raw_bodies: int = 0
     #: (host, port) of /metrics, or None for no listener
     metrics_listen: tuple[str, int] | None = DEFAULT_METRICS_LISTEN
     sensor_name: str = field(default_factory=default_sensor_name)
@@ -165,7 +180,10 @@ def build_sinks(
             store = open_store(settings.db_url)
             started.append(store)
             writer = store.writer(
-                spill_path=settings.spill_path, node=settings.sensor_name
+                spill_path=settings.spill_path,
+                node=settings.sensor_name,
+                retention=settings.retention,
+                raw_bodies=settings.raw_bodies,
             )
             started.append(writer)
             metrics.watch_store(lambda: writer.stats)
