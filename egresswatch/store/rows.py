@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from egresswatch.classify.redact import redact_path
+from egresswatch.classify.redact import QUERY_VALUE_REDACTED, redact_path
 from egresswatch.model import UNKNOWN_COUNTRY, Action, Decision, FlowClosed, Mode
 
 _BLOCK = Action.BLOCK
 _MONITOR = Mode.MONITOR
 
 #: what replaces every query-string value (keys stay: ``?key=…&model=…``)
+REDACTED = QUERY_VALUE_REDACTED
 
 #: column -> max length, from schema.py (PostgreSQL refuses longer strings)
 _LIMITS = {
