@@ -143,6 +143,33 @@ def parse_size(value: Any) -> int:
     return proxy_size(parse_str(value))
 
 
+def parse_duration(value: Any) -> float:
+    """``"30d"``, ``"12h"``, ``"1h30m"`` (or a number of seconds) -> seconds, above zero."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 30d or 12h, got a boolean")
+    if isinstance(value, int | float):
+        if not value > 0:
+            raise ValueError(f"a duration must be longer than zero, got {value!r}")
+        return float(value)
+    from egresswatch.commands._storeopts import parse_duration as store_duration
+
+    return store_duration(parse_str(value))
+
+
+def parse_retention(value: Any) -> float | None:
+    """A duration (``30d``); ``off`` or ``forever`` (or empty) keeps rows forever (None)."""
+    if isinstance(value, str) and value.strip().lower() in ("", "off", "forever", "never"):
+        return None
+    return parse_duration(value)
+
+
+def parse_optional_duration(value: Any) -> float | None:
+    """A duration, or empty for "as long as the flows"."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return parse_duration(value)
+
+
 def parse_mode(value: Any) -> Mode | None:
     """``monitor`` or ``enforce``; empty means "as the policy file says"."""
     text = parse_str(value).lower()
@@ -449,6 +476,36 @@ FIELDS: tuple[Field, ...] = (
         "Spill journal used while the database is unreachable.",
         "spill",
     ),
+    _f(
+        "store.retention",
+        parse_retention,
+        30 * 86400.0,
+        "Keep flows (and their findings and alerts) this long: 30d, 12h; 'off' keeps them "
+        "forever. The running monitor prunes hourly.",
+        "retention",
+    ),
+    _f(
+        "store.findings_retention",
+        parse_optional_duration,
+        None,
+        "Keep findings (redacted) this long, at most as long as flows (default: as flows).",
+        "findings-retention",
+    ),
+    _f(
+        "store.raw_bodies",
+        parse_size,
+        0,
+        "Opt-in: keep the first SIZE bytes of each request body raw (4k, 64k); these are "
+        "real prompts and secrets. 0, the default, never stores a body byte.",
+        "raw-bodies",
+    ),
+    _f(
+        "store.raw_body_retention",
+        parse_duration,
+        86400.0,
+        "Keep raw body excerpts this long (default 1d; never longer than flows).",
+        "raw-body-retention",
+    ),
     # metrics
     _f("metrics.enabled", parse_bool, True, "Serve Prometheus /metrics.", "metrics", is_bool=True),
     _f(
@@ -567,6 +624,8 @@ class RunConfig:
             db_url=v["store.url"],
             store=v["store.enabled"],
             spill_path=v["store.spill"],
+            retention=self.retention(),
+            raw_bodies=v["store.raw_bodies"],
             metrics_listen=v["metrics.listen"] if v["metrics.enabled"] else None,
             body_limit=v["proxy.body_limit"],
             alert_log=v["alerts.log"],
@@ -574,6 +633,18 @@ class RunConfig:
             alert_webhook_format=v["alerts.webhook_format"],
             alert_syslog=v["alerts.syslog"],
             **extra,
+        )
+
+    def retention(self) -> Any:
+        """The store's ``Retention`` from ``store.retention``, ``store.findings_retention``
+        and ``store.raw_body_retention`` (DNS answers: the default 7 days)."""
+        from egresswatch.store.retention import Retention
+
+        v = self.values
+        return Retention(
+            flows=v["store.retention"],
+            findings=v["store.findings_retention"],
+            excerpts=v["store.raw_body_retention"],
         )
 
     def pid_file(self) -> Path:
