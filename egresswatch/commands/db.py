@@ -1,8 +1,11 @@
-"""``egresswatch db``: upgrade the schema, show what is stored, prune old rows."""
+"""``egresswatch db``: upgrade the schema, show what is stored, prune old rows, show an
+opted-in raw body excerpt."""
 
 from __future__ import annotations
 
+import base64
 import json
+import sys
 from dataclasses import asdict
 
 import click
@@ -11,6 +14,7 @@ from rich.table import Table
 
 from egresswatch.commands._storeopts import Duration, db_option
 from egresswatch.commands.flows import human_bytes, iso
+from egresswatch.errors import EgressWatchError
 from egresswatch.store import open_store
 from egresswatch.store.engine import default_url, display_url, normalise_url
 from egresswatch.store.retention import prune as prune_rows
@@ -137,5 +141,83 @@ def prune(
     verb = "would delete" if dry_run else "deleted"
     click.echo(
         f"{verb}: {result.flows} flows, {result.findings} findings, "
-        f"{result.alerts} alerts, {result.dns_answers} DNS answers"
+        f"{result.alerts} alerts, {result.dns_answers} DNS answers, "
+        f"{result.excerpts} raw body excerpts"
     )
+
+
+class NoExcerptError(EgressWatchError):
+    """No raw body excerpt is stored for that decision."""
+
+    exit_code = 3
+
+
+RAW_WARNING = (
+    "warning: this is RAW request data (prompts, credentials, personal data may be in it); "
+    "it is stored only because store.raw_bodies is on"
+)
+
+
+@db.command("excerpt")
+@db_option
+@click.argument("decision_id")
+@click.option("--raw", is_flag=True, help="Write the stored bytes to stdout exactly as kept.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (body in base64).")
+def excerpt(db: str | None, decision_id: str, raw: bool, as_json: bool) -> None:
+    """Print the raw body excerpt kept for DECISION_ID (see 'egresswatch flows').
+
+    Excerpts exist only when the sensor ran with store.raw_bodies above zero (an
+    explicit opt-in) and only for their retention (store.raw_body_retention, 1
+    day by default). The bytes are as the client sent them, before any content
+    decoding (a gzip body stays gzip). A warning goes to stderr, since this is
+    the one place egresswatch shows raw data.
+
+    \b
+    Examples:
+      egresswatch db excerpt 0f3c9a...
+      egresswatch db excerpt 0f3c9a... --raw > body.bin
+    """
+    from sqlalchemy import select
+
+    from egresswatch.store.schema import PayloadExcerptRow
+
+    store = open_store(db, must_exist=True)
+    try:
+        with store.session() as session:
+            row = session.scalars(
+                select(PayloadExcerptRow).where(PayloadExcerptRow.decision_id == decision_id)
+            ).first()
+            if row is None:
+                raise NoExcerptError(
+                    f"no raw body excerpt for decision {decision_id!r} (raw bodies are kept only "
+                    "with store.raw_bodies on, and only for store.raw_body_retention)"
+                )
+            body, truncated = bytes(row.body), row.truncated
+            meta = {
+                "decision_id": row.decision_id,
+                "time": iso(row.ts),
+                "sensor": row.sensor,
+                "content_type": row.content_type,
+                "content_encoding": row.content_encoding,
+                "bytes": len(body),
+                "truncated": truncated,
+            }
+    finally:
+        store.close()
+    click.echo(RAW_WARNING, err=True)
+    if raw:
+        sys.stdout.buffer.write(body)
+        sys.stdout.buffer.flush()
+        return
+    if as_json:
+        click.echo(json.dumps({**meta, "body_base64": base64.b64encode(body).decode("ascii")}))
+        return
+    for key, value in meta.items():
+        if value is not None:
+            click.echo(f"{key}: {value}")
+    click.echo("")
+    # undecodable bytes shown as \xNN escapes, so a binary body cannot drive the terminal
+    text = body.decode("utf-8", errors="backslashreplace")
+    click.echo("".join(c if c.isprintable() or c in "\n\t" else repr(c)[1:-1] for c in text))
+    if truncated:
+        click.echo("... (truncated)")
