@@ -10,10 +10,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import ipaddress
+import json
+import os
+import signal
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from conftest import egresswatch_bin, is_root
 from helpers import mitm
 from mitmproxy import dns, tls
 from mitmproxy.test import tflow
@@ -271,3 +278,174 @@ def test_egresswatch_answers_the_canary_even_after_a_resolver() -> None:
     g.response = g.request.succeed([a("api.openai.com", "198.51.100.20")])
     addon.dns_request(g)
     assert g.response.answers  # other answers untouched
+
+
+# -- for real: gateway setup --dns + run --dns-listen in the namespace lab ----------------
+
+DNSLAB = str(Path(__file__).parent / "helpers" / "dnslab.py")
+#: the lab's upstream resolver, on a documentation address in the "internet" namespace
+RESOLVER = "192.0.2.53"
+
+
+def _in(ns: str, *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=60
+    )
+
+
+def _resolve(ns: str, server: str, name: str) -> dict[str, object]:
+    res = _in(ns, sys.executable, DNSLAB, "query", server, name)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root for namespaces and nftables")
+@pytest.mark.root
+@pytest.mark.slow
+def test_gateway_dns_canary_and_learned_names_for_real(tmp_path: Path) -> None:
+    from helpers.geoip import build_lab_db
+    from helpers.lab import INTERNET_V4, internet_lab, wait_for
+    from helpers.runmon import flow_rows, start_run
+    from helpers.servers import make_pki, read_log
+
+    us = INTERNET_V4["us"]  # api.deepseek.com resolves to a US address in this lab
+    pki = make_pki(tmp_path / "pki", ["api.deepseek.com"], [us])
+    geo = build_lab_db(tmp_path / "lab.mmdb")
+    server_log, dns_log = tmp_path / "server.jsonl", tmp_path / "dns.jsonl"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(tmp_path / "data"),
+        "EGRESSWATCH_CONFIG": "",
+        "EGRESSWATCH_DB": "",
+        "EGRESSWATCH_POLICY": "",
+    }
+    db = tmp_path / "data" / "egresswatch" / "egresswatch.db"
+    with internet_lab("pdn", v6=False) as net:
+        lab = net.lab
+        lab.add_addr(net.internet, f"{RESOLVER}/32")
+        lab.spawn(
+            net.internet,
+            [
+                sys.executable,
+                DNSLAB,
+                "serve",
+                RESOLVER,
+                "53",
+                str(dns_log),
+                f"api.deepseek.com={us}",
+            ],
+            ready="READY",
+        )
+        lab.spawn(
+            net.internet,
+            [
+                sys.executable,
+                str(Path(__file__).parent / "helpers/servers.py"),
+                "--bind",
+                us,
+                "--https",
+                "443",
+                "--cert",
+                str(pki.cert),
+                "--key",
+                str(pki.key),
+                "--log",
+                str(server_log),
+            ],
+            ready="READY",
+        )
+        # The gateway's own resolver is the lab's (mitmproxy asks the system's name servers;
+        # `ip netns exec` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf).
+        (Path("/etc/netns") / net.gateway / "resolv.conf").write_text(
+            f"nameserver {RESOLVER}\noptions timeout:1 attempts:1\n"
+        )
+        lab.tables.append((net.gateway, "inet egresswatch"))
+        res = _in(
+            net.gateway,
+            egresswatch_bin(),
+            "gateway",
+            "setup",
+            "--lan",
+            net.client_iface,
+            "--block-quic",
+            "--dns",
+            "--dns-port",
+            "5353",
+        )
+        assert res.returncode == 0, res.stderr
+        rp = start_run(
+            lab,
+            net.gateway,
+            [
+                egresswatch_bin(),
+                "run",
+                "--proxy-mode",
+                "transparent",
+                "--listen",
+                "0.0.0.0:8080",
+                "--dns-listen",
+                "0.0.0.0:5353",
+                "--mode",
+                "enforce",
+                "--upstream-ca",
+                str(pki.ca_cert),
+                "--country-db",
+                str(geo),
+                "--no-metrics",
+            ],
+            env,
+        )
+        ca = home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
+        curl = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "15",
+            "--noproxy",
+            "*",
+            "--cacert",
+            str(ca),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}),
+            f"https://{us}/v1/chat/completions",
+        ]  # an address: curl sends no SNI
+        # 1. Before any DNS answer the bare address is only a US address: allowed.
+        res = _in(net.client, *curl)
+        assert res.returncode == 0, res.stderr
+        assert [e for e in read_log(server_log) if e["event"] == "request"]
+        assert not [e for e in read_log(server_log) if e["event"] == "tls" and e.get("sni")]
+        # 2. The client asks "its" resolver (any address: port 53 goes to the gateway).
+        answer = _resolve(net.client, RESOLVER, "api.deepseek.com")
+        assert answer == {"rcode": 0, "id_ok": True, "addrs": [us]}, answer
+        asked = [json.loads(line) for line in dns_log.read_text().splitlines()]
+        # relayed by egresswatch on the gateway, not sent by the client itself
+        assert {(q["name"], q["peer"]) for q in asked} == {("api.deepseek.com", "10.77.2.1")}
+        # 3. The DoH canary: NXDOMAIN, and the upstream resolver never hears of it.
+        for name in ("use-application-dns.net", "x.use-application-dns.net"):
+            answer = _resolve(net.client, RESOLVER, name)
+            assert answer["rcode"] == 3 and answer["addrs"] == [], answer  # NXDOMAIN
+        other = _resolve(net.client, RESOLVER, "nothing.example")
+        assert other["rcode"] == 3  # a real NXDOMAIN, from upstream
+        assert wait_for(lambda: "nothing.example" in dns_log.read_text(), 5)
+        assert "use-application-dns" not in dns_log.read_text()
+        # 4. The same bare-address HTTPS request is now judged by the learned name:
+        # DeepSeek's operator is in CN, so enforce mode refuses the ClientHello.
+        before = len(read_log(server_log))
+        res = _in(net.client, *curl)
+        assert res.returncode != 0, res.stdout
+        time.sleep(0.5)
+        assert not [e for e in read_log(server_log)[before:] if e["event"] == "connect"]
+        os.kill(rp.proc.pid, signal.SIGTERM)
+        assert rp.proc.wait(60) == 0, rp.output()
+        rows = [r for r in flow_rows(db) if r.sensor == "proxy" and r.dst_addr == us]
+        named = [r for r in rows if r.dns_name == "api.deepseek.com"]
+        assert named, [(r.stage, r.dns_name, r.verdict) for r in rows]
+        row = named[-1]
+        assert row.sni is None and row.stage == "clienthello"
+        assert (row.verdict, row.operator_country, row.country) == ("block", "CN", "US")
+        # the allowed request before the answer carried no name
+        assert any(r.dns_name is None and r.verdict == "allow" for r in rows)
