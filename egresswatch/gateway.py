@@ -205,6 +205,8 @@ def describe(plan: GatewayPlan) -> Sequence[str]:
     ]
     if plan.dns:
         lines.append(f"DNS (UDP/TCP 53) from {plan.lan} -> port {plan.dns_port} on this gateway")
+        # Nothing answers there unless something listens: egresswatch can (docs/gateway.md).
+        lines.append(f"  serve it with: egresswatch run ... --dns-listen 0.0.0.0:{plan.dns_port}")
     lines.append(
         f"QUIC (UDP/443) from {plan.lan}: "
         + ("dropped (clients fall back to TCP)" if plan.block_quic else "forwarded uninspected")
