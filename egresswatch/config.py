@@ -328,8 +328,8 @@ FIELDS: tuple[Field, ...] = (
         "proxy.dns_listen",
         parse_optional_host_port,
         None,
-        "Serve DNS here (UDP and TCP; 'gateway setup --dns' redirects the LAN's DNS to :5353): "
-        "answers NXDOMAIN for Firefox's DoH canary and learns names for addresses. Off by default.",
+        "Serve DNS here, UDP and TCP ('gateway setup --dns --dns-port PORT' sends the LAN's "
+        "DNS to PORT): NXDOMAIN for Firefox's DoH canary, names learned for addresses. Off.",
         "dns-listen",
     ),
     _f(

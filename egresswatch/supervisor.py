@@ -569,6 +569,11 @@ class Monitor:
             if self.ca is not None:
                 lines += trust_hints(self.ca, c["proxy.listen"], c["proxy.mode"].split(":")[0])
                 lines.append("More platforms: egresswatch ca --help")
+            if c["proxy.dns_listen"] is not None:
+                lines.append(
+                    f"DNS: serving on {_hostport(*c['proxy.dns_listen'])} (UDP and TCP; "
+                    "DoH canary answered NXDOMAIN)"
+                )
         else:
             lines.append("Proxy: off")
         if c["sniffer.interfaces"]:

@@ -397,6 +397,7 @@ def test_gateway_dns_canary_and_learned_names_for_real(tmp_path: Path) -> None:
             ],
             env,
         )
+        assert rp.wait_line("DNS: serving on 0.0.0.0:5353", 5)
         ca = home / ".mitmproxy" / "mitmproxy-ca-cert.pem"
         curl = [
             "curl",
