@@ -88,11 +88,24 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise SystemExit(f"port {port} not listening after {timeout}s")
 
 
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    # after "(comm)": state is field 3, utime field 14 and stime field 15 (proc(5))
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
     seconds: float = 0.0
+    #: CPU seconds the proxy process used during the runs
+    cpu: float = 0.0
+
+    @property
+    def cpu_per_request(self) -> float:
+        return self.cpu / len(self.latencies) if self.latencies else float("nan")
 
     @property
     def rps(self) -> float:
@@ -348,6 +361,7 @@ def main() -> None:
             procs.append(server)
             wait_port(https_port, server)
             ports = {"bare": free_port(), "addon": free_port()}
+            pids: dict[str, int] = {}
             for name, port in ports.items():
                 p = subprocess.Popen(
                     mitmdump(tmp, port, pki.ca_cert, name == "addon", free_port(), args.addon_set),
@@ -355,6 +369,7 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
                 procs.append(p)
+                pids[name] = p.pid
                 wait_port(port, p)
             ca = tmp / "mitm" / "mitmproxy-ca-cert.pem"
             print(
@@ -364,6 +379,7 @@ def main() -> None:
             )
             header = (
                 f"{'scheme':6} {'proxy':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
+                f" {'proxy CPU us/req':>17}"
             )
             print(header)
             for scheme, sport in (("http", http_port), ("https", https_port)):
@@ -373,19 +389,21 @@ def main() -> None:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
                 for _ in range(args.rounds):
                     for name in ("bare", "addon"):
+                        cpu = proc_cpu(pids[name])
                         r = asyncio.run(
                             load(
                                 ports[name], scheme, sport, body, ca, args.seconds, args.connections
                             )
                         )
                         m = merged[name]
+                        m.cpu += proc_cpu(pids[name]) - cpu
                         m.latencies += r.latencies
                         m.errors += r.errors
                         m.seconds += r.seconds
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
-                        f"{r.pct(99) * 1e3:8.2f} {r.errors:6d}"
+                        f"{r.pct(99) * 1e3:8.2f} {r.errors:6d} {r.cpu_per_request * 1e6:17.0f}"
                     )
                 bare, add = merged["bare"], merged["addon"]
                 ratio = add.rps / bare.rps if bare.rps else float("nan")
@@ -394,6 +412,14 @@ def main() -> None:
                     f"{(add.pct(50) - bare.pct(50)) * 1e3:+.2f} ms, added p99 "
                     f"{(add.pct(99) - bare.pct(99)) * 1e3:+.2f} ms   "
                     f"(goal: >= 0.90x, p99 < +2 ms)"
+                )
+                # Throughput on a shared box follows the load; CPU per request does not: the
+                # ratio bare/addon CPU per request is the throughput ratio one core would give.
+                cpu_ratio = bare.cpu_per_request / add.cpu_per_request
+                print(
+                    f"{scheme:6} CPU    {cpu_ratio:8.2f}x  (bare/addon proxy CPU per request: "
+                    f"the throughput ratio when the proxy is CPU-bound; load average "
+                    f"{os.getloadavg()[0]:.2f})"
                 )
         finally:
             for p in reversed(procs):
