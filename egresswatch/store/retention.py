@@ -96,12 +96,13 @@ def prune(
         excerpts_older_than = flows_older_than
     elif flows_older_than is not None:
         excerpts_older_than = min(excerpts_older_than, flows_older_than)
+    # excerpts first: the most sensitive rows never outlive their flow, even between chunks
     plan = (
+        ("excerpts", PayloadExcerptRow, excerpts_older_than),
         ("flows", Flow, flows_older_than),
         ("findings", FindingRow, findings_older_than),
         ("alerts", AlertRow, alerts_older_than),
         ("dns_answers", DnsAnswerRow, dns_older_than),
-        ("excerpts", PayloadExcerptRow, excerpts_older_than),
     )
     counts: dict[str, int] = {}
     for name, model, age in plan:
