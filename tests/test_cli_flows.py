@@ -186,12 +186,12 @@ def test_db_upgrade_info_prune(tmp_path: Path, db: tuple[str, list[Decision]]) -
     fresh = tmp_path / "fresh.db"
     proc = run("db", "upgrade", "--db", str(fresh))
     assert proc.returncode == 0, proc.stderr
-    assert "revision (empty) -> 0004" in proc.stdout
-    assert "already at revision 0004" in run("db", "upgrade", "--db", str(fresh)).stdout
+    assert "revision (empty) -> 0005" in proc.stdout
+    assert "already at revision 0005" in run("db", "upgrade", "--db", str(fresh)).stdout
 
     path, ds = db
     info = json.loads(run("db", "info", "--db", path, "--json").stdout)
-    assert (info["flows"], info["findings"], info["revision"]) == (60, 15, "0004")
+    assert (info["flows"], info["findings"], info["revision"]) == (60, 15, "0005")
     assert "flows" in run("db", "info", "--db", path).stdout
 
     args = ["db", "prune", "--db", path, "--older-than", "60m", "--findings-older-than", "30m"]

@@ -72,7 +72,7 @@ def writer_for(store: Store, tmp_path: Path, **kw: object):  # type: ignore[no-u
 
 def test_open_migrates_to_head_and_models_match_migrations(store: Store) -> None:
     info = store.info()
-    assert info.revision == head_revision() == "0004"
+    assert info.revision == head_revision() == "0005"
     assert (info.flows, info.findings, info.alerts, info.dns_answers) == (0, 0, 0, 0)
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
@@ -95,7 +95,7 @@ def test_old_database_is_upgraded_not_dropped(store_url: str, tmp_path: Path) ->
     engine.dispose()
     store = open_store(store_url)
     try:
-        assert store.revision() == "0004"
+        assert store.revision() == "0005"
         rows = query_flows(store, FlowFilter())
         assert [(r.decision_id, r.payload_types, r.bytes_out) for r in rows] == [
             ("old1", ("chat-prompt",), 10)
