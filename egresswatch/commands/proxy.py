@@ -20,6 +20,7 @@ from typing import Any
 import click
 from rich.console import Console
 
+from egresswatch.commands._storeopts import Duration
 from egresswatch.commands.common import HostPortType
 from egresswatch.errors import EgressWatchError
 from egresswatch.model import Mode
@@ -271,6 +272,15 @@ def _policy_mode_flag(enforce: bool | None) -> Mode | None:
     return Mode.ENFORCE if enforce else Mode.MONITOR
 
 
+def _retention(flows: float) -> Any:
+    """The store's default retention with the flows age of ``--retention``."""
+    import dataclasses
+
+    from egresswatch.store.retention import Retention
+
+    return dataclasses.replace(Retention(), flows=flows)
+
+
 @click.command("proxy")
 @click.option(
     "--mode",
@@ -366,6 +376,23 @@ def _policy_mode_flag(enforce: bool | None) -> Mode | None:
     "first BODY-LIMIT bytes are held back until judged (the request line has left by then).",
 )
 @click.option(
+    "--raw-bodies",
+    type=SizeType(),
+    default="0",
+    metavar="SIZE",
+    help="OPT-IN: store the first SIZE bytes of each request body raw (4k, 64k; at most "
+    "BODY-LIMIT), kept 1 day; see 'egresswatch db excerpt'. These are real prompts and "
+    "secrets. Default 0: no body byte is stored.",
+)
+@click.option(
+    "--retention",
+    type=Duration(),
+    default="30d",
+    show_default=True,
+    metavar="DURATION",
+    help="Keep recorded flows this long; the proxy prunes older rows hourly.",
+)
+@click.option(
     "--passthrough",
     multiple=True,
     type=HostPatternType(),
@@ -430,6 +457,8 @@ def proxy(**params: Any) -> None:
         store=not params["no_store"],
         metrics_listen=None if params["no_metrics"] else params["metrics_listen"],
         body_limit=params["body_limit"],
+        retention=_retention(params["retention"]),
+        raw_bodies=params["raw_bodies"],
         **({"sensor_name": params["sensor_name"]} if params["sensor_name"] else {}),
     )
     config = ProxyConfig(
@@ -461,6 +490,11 @@ def proxy(**params: Any) -> None:
     )
     for line in trust_hints(ca, config.listen, config.mode.split(":")[0]):
         console.print(line)
+    if settings.store and settings.raw_bodies:
+        console.print(
+            f"Raw bodies: the first {settings.raw_bodies} bytes of each request body are "
+            "stored (opt-in, --raw-bodies); they hold real prompts and secrets"
+        )
     if settings.metrics_listen:
         console.print(
             f"Metrics: http://{settings.metrics_listen[0]}:{settings.metrics_listen[1]}/metrics"
