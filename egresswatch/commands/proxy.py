@@ -499,5 +499,10 @@ def proxy(**params: Any) -> None:
         console.print(
             f"Metrics: http://{settings.metrics_listen[0]}:{settings.metrics_listen[1]}/metrics"
         )
+    if config.dns_listen is not None:
+        console.print(
+            f"DNS: serving on {config.dns_listen[0]}:{config.dns_listen[1]} (UDP and TCP; "
+            "DoH canary answered NXDOMAIN)"
+        )
     with contextlib.suppress(KeyboardInterrupt):
         run_proxy(config, inspector, sinks)
