@@ -3,13 +3,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import egresswatch_bin
+from conftest import ROOT, egresswatch_bin
 from helpers import pg as pg_helpers
 from helpers.storedata import make_decision
 from prometheus_client import CollectorRegistry
@@ -180,3 +184,99 @@ def test_run_flags_parse_and_refuse(tmp_path: Path) -> None:
     assert "--raw-body-retention" in res.stderr
     assert "not a duration" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def _count_flows(db: Path) -> int:
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        return int(conn.execute("SELECT count(*) FROM flows").fetchone()[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("raw_bodies", [None, "16"])
+def test_real_proxy_stores_a_raw_body_only_when_asked(
+    tmp_path: Path, raw_bodies: str | None
+) -> None:
+    """mitmdump in the real ``egresswatch proxy``, curl as the client, a loopback server."""
+    server_port, proxy_port = _free_port(), _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/helpers/servers.py"),
+            *("--bind", "127.0.0.1", "--http", str(server_port)),
+            *("--log", str(tmp_path / "server.jsonl")),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    db = tmp_path / "flows.db"
+    args = [egresswatch_bin(), "proxy", "--listen", f"127.0.0.1:{proxy_port}"]
+    args += ["--confdir", str(tmp_path / "conf"), "--db", f"sqlite:///{db}", "--no-metrics"]
+    if raw_bodies is not None:
+        args += ["--raw-bodies", raw_bodies]
+    proxy = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    body = '{"messages": [{"role": "user", "content": "sk-PROXYSECRET0123456789abcdef"}]}'
+    try:
+        _wait_port(proxy_port, proxy)
+        subprocess.run(
+            [
+                *("curl", "-s", "-m", "10", "-x", f"http://127.0.0.1:{proxy_port}"),
+                *("-H", "content-type: application/json", "-d", body),
+                f"http://127.0.0.1:{server_port}/v1/chat/completions",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=30,
+        )
+        # wait for the row: a SIGTERM right after the response lost the decision (reported;
+        # the proxy's shutdown path, not the store's)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not _count_flows(db):
+            time.sleep(0.1)
+        proxy.send_signal(signal.SIGTERM)  # flushes the store
+        _, err = proxy.communicate(timeout=20)
+        assert proxy.returncode == 0, err.decode()
+    finally:
+        for p in (proxy, server):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert (b"Raw bodies: the first 16 bytes" in err) == (raw_bodies is not None)
+    store = open_store(f"sqlite:///{db}")
+    try:
+        flows = query_flows(store, FlowFilter())
+        with store.session() as s:
+            rows = s.scalars(select(PayloadExcerptRow)).all()
+            kept = [(r.decision_id, bytes(r.body), r.truncated, r.content_type) for r in rows]
+    finally:
+        store.close()
+    assert [f.path for f in flows] == ["/v1/chat/completions"]
+    if raw_bodies is None:
+        assert kept == []
+        assert b"PROXYSECRET" not in db.read_bytes()
+        return
+    assert kept == [(flows[0].decision_id, body.encode()[:16], True, "application/json")]
+    shown = subprocess.run(
+        [egresswatch_bin(), "db", "excerpt", "--db", str(db), "--raw", flows[0].decision_id],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    assert shown.stdout == body.encode()[:16]
