@@ -95,6 +95,20 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def proc_switches(pid: int) -> int:
+    """Voluntary context switches of all a process's threads (a thread woken to do work)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:  # the thread ended between listing and reading
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
+
+
 @dataclass
 class Result:
     latencies: list[float] = field(default_factory=list)
@@ -102,6 +116,8 @@ class Result:
     seconds: float = 0.0
     #: CPU seconds the proxy process used during the runs
     cpu: float = 0.0
+    #: voluntary context switches of the proxy's threads during the runs
+    switches: int = 0
 
     @property
     def cpu_per_request(self) -> float:
@@ -379,7 +395,7 @@ def main() -> None:
             )
             header = (
                 f"{'scheme':6} {'proxy':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-                f" {'proxy CPU us/req':>17}"
+                f" {'proxy CPU us/req':>17} {'wakeups/req':>12}"
             )
             print(header)
             for scheme, sport in (("http", http_port), ("https", https_port)):
@@ -390,6 +406,7 @@ def main() -> None:
                 for _ in range(args.rounds):
                     for name in ("bare", "addon"):
                         cpu = proc_cpu(pids[name])
+                        switches = proc_switches(pids[name])
                         r = asyncio.run(
                             load(
                                 ports[name], scheme, sport, body, ca, args.seconds, args.connections
@@ -397,6 +414,7 @@ def main() -> None:
                         )
                         m = merged[name]
                         m.cpu += proc_cpu(pids[name]) - cpu
+                        m.switches += proc_switches(pids[name]) - switches
                         m.latencies += r.latencies
                         m.errors += r.errors
                         m.seconds += r.seconds
@@ -404,6 +422,7 @@ def main() -> None:
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
                         f"{r.pct(99) * 1e3:8.2f} {r.errors:6d} {r.cpu_per_request * 1e6:17.0f}"
+                        f" {r.switches / max(1, len(r.latencies)):12.2f}"
                     )
                 bare, add = merged["bare"], merged["addon"]
                 ratio = add.rps / bare.rps if bare.rps else float("nan")
