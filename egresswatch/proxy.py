@@ -343,6 +343,8 @@ class EgressWatch:
         self._cfg = AddonConfig()
         self._procs = ProcessLookup()
         self._attr: dict[str, asyncio.Future[ProcessInfo | None]] = {}
+        #: records and closes waiting for a process lookup, in order; done() fires the rest
+        self._deferred: dict[object, Callable[[], None]] = {}
         self._dns: dict[str, tuple[str | None, float]] = {}
         #: address -> (name, expiry), learned from the DNS answers this proxy relayed
         self._names: dict[str, tuple[str, float]] = {}
@@ -499,6 +501,10 @@ class EgressWatch:
         self._require_lazy()
 
     def done(self) -> None:
+        # Records still waiting for a process lookup go out now, without the process:
+        # nothing decided may be lost at shutdown.
+        for fire in list(self._deferred.values()):
+            fire()
         if self._sinks is not None:
             self._sinks.close()
 
@@ -519,11 +525,16 @@ class EgressWatch:
         # The process lookup is still running in its thread: the verdict did not wait for
         # it, the record does (bounded by the lookup's own budget).
         sinks = self._sinks
+        key = object()
+
+        def fire(proc: ProcessInfo | None = None) -> None:
+            if self._deferred.pop(key, None) is not None:
+                sinks.record(_with_process(decision, proc))
 
         def record_when_known(done: asyncio.Future[ProcessInfo | None]) -> None:
-            proc = None if done.cancelled() or done.exception() else done.result()
-            sinks.record(_with_process(decision, proc))
+            fire(None if done.cancelled() or done.exception() else done.result())
 
+        self._deferred[key] = fire
         fut.add_done_callback(record_when_known)
 
     def _closed(self, event: FlowClosed, client: connection.Client | None = None) -> None:
@@ -535,7 +546,14 @@ class EgressWatch:
         else:
             # after the deferred record above (callbacks run in the order they were added)
             sinks = self._sinks
-            fut.add_done_callback(lambda _: sinks.flow_closed(event))
+            key = object()
+
+            def fire(_: object = None) -> None:
+                if self._deferred.pop(key, None) is not None:
+                    sinks.flow_closed(event)
+
+            self._deferred[key] = fire
+            fut.add_done_callback(fire)
 
     async def _resolve(self, host: str | None) -> str | None:
         """An address to judge for a destination known only by name (regular/upstream mode)."""

@@ -464,3 +464,26 @@ def test_parse_size_returns_bytes_or_value_error(text: str) -> None:
     except ValueError:
         return
     assert isinstance(value, int) and value >= 0
+
+
+async def test_records_waiting_for_a_process_lookup_are_flushed_at_shutdown() -> None:
+    """SIGTERM right after a response: the decision and its close still reach the sinks."""
+    import asyncio
+
+    from egresswatch.model import FlowClosed, Sensor
+
+    addon, sink, _tctx = make()
+    f = mitm.http_flow()
+    decision = addon._judge(addon._http_obs(f, Stage.REQUEST, CHAT))
+    assert decision is not None
+    client = f.client_conn
+    pending: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+    addon._attr[client.id] = pending  # the lookup thread has not answered yet
+    addon._record(decision, client)
+    addon._closed(FlowClosed(decision.observation.flow_id, Sensor.PROXY, 0.0, 1, 2, 0.1), client)
+    assert sink.decisions == [] and sink.closed == []  # held for the process name
+    addon.done()
+    assert sink.decisions == [decision] and len(sink.closed) == 1 and sink.closes == 1
+    pending.set_result(None)  # the lookup answers late: nothing is recorded twice
+    await asyncio.sleep(0)
+    assert sink.decisions == [decision] and len(sink.closed) == 1
