@@ -198,6 +198,11 @@ class StoreWriter:
         self._next_prune = time.monotonic() + (retention.interval if retention else 0.0)
         self._closing = threading.Event()
         self._closed = False
+        # Set by flush/close and each time a batch's worth was queued: the thread sleeps on
+        # it between batches instead of blocking in queue.get() per item, which woke it (and
+        # handed it the GIL) once per decision and once per close (docs/performance.md).
+        self._wake = threading.Event()
+        self._puts = itertools.count(1)
         self._insert_flows, self._insert_findings = self._insert_statements()
         self._insert_excerpts = self._insert_sql(
             "payload_excerpts", EXCERPT_COLUMNS, "decision_id", 1
@@ -232,6 +237,8 @@ class StoreWriter:
             return
         if item[0] == "d":
             self._n_queued = next(self._queued) + 1
+        if next(self._puts) % self.batch_size == 0:
+            self._wake.set()
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued before this call is committed or safely spilled.
@@ -246,6 +253,7 @@ class StoreWriter:
             self._queue.put(marker, timeout=timeout)
         except queue.Full:
             return False
+        self._wake.set()
         return marker.done.wait(timeout)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -259,6 +267,7 @@ class StoreWriter:
         self._closing.set()
         with contextlib.suppress(queue.Full):  # a busy thread sees the closing flag anyway
             self._queue.put_nowait(_WAKE)
+        self._wake.set()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("store writer did not finish within %.0f s", timeout)
@@ -333,10 +342,21 @@ class StoreWriter:
                 batch.append(item)
             if len(batch) >= self.batch_size:
                 return batch, markers
+            try:
+                item = self._queue.get_nowait()
+                continue
+            except queue.Empty:
+                pass
             # shutting down: take what is there, wait for nothing
             timeout = 0.0 if self._closing.is_set() else deadline - time.monotonic()
+            if timeout <= 0:
+                return batch, markers
+            # Sleep until the interval ends or a producer signals a full batch, a flush or
+            # the close; then take what queued meanwhile.
+            self._wake.wait(timeout)
+            self._wake.clear()
             try:
-                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                item = self._queue.get_nowait()
             except queue.Empty:
                 return batch, markers
 
