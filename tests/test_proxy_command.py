@@ -114,6 +114,18 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     raise AssertionError(f"nothing listens on {port}")
 
 
+HOLDING_CLIENT = """
+import http.client, json, sys
+proxy_port, server_port = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", proxy_port, timeout=10)
+body = json.dumps({"messages": [{"role": "user", "content": "hi"}]})
+c.request("POST", f"http://127.0.0.1:{server_port}/v1/chat/completions", body,
+          {"content-type": "application/json", "user-agent": "egresswatch-test-client/1"})
+print(c.getresponse().read().decode(), flush=True)
+sys.stdin.readline()
+"""
+
+
 @pytest.mark.slow
 def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     server_port, proxy_port, metrics_port = _free_port(), _free_port(), _free_port()
@@ -151,25 +163,17 @@ def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Pat
     )
     try:
         _wait_port(proxy_port, proxy)
-        # a client app in its own process, on the same host
-        r = subprocess.run(
-            [
-                "curl",
-                "-s",
-                "-m",
-                "10",
-                "-x",
-                f"http://127.0.0.1:{proxy_port}",
-                "-H",
-                "content-type: application/json",
-                "-d",
-                '{"messages": [{"role": "user", "content": "hi"}]}',
-                f"http://127.0.0.1:{server_port}/v1/chat/completions",
-            ],
-            capture_output=True,
+        # a client app in its own process, on the same host; it keeps its connection (and
+        # itself) alive until the proxy has stopped, so the /proc lookup cannot race its exit
+        client = subprocess.Popen(
+            [sys.executable, "-c", HOLDING_CLIENT, str(proxy_port), str(server_port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
             text=True,
-            check=True,
         )
+        assert client.stdout is not None
+        answer = client.stdout.readline()
+        r = subprocess.CompletedProcess(client.args, 0, answer, "")
         assert json.loads(r.stdout)["object"] == "chat.completion"
         assert [e["path"] for e in read_log(log) if e["event"] == "request"] == [
             "/v1/chat/completions"
@@ -178,13 +182,14 @@ def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Pat
         assert "egresswatch_decisions_total" in metrics
         proxy.send_signal(signal.SIGTERM)  # as systemd stops it: must flush and exit 0
         _, err = proxy.communicate(timeout=20)
+        client.communicate("bye\n", timeout=10)
         assert proxy.returncode == 0, err.decode()
         text = err.decode()
         ca = tmp_path / "conf" / "mitmproxy-ca-cert.pem"
         assert ca.exists() and f"SSL_CERT_FILE={ca}" in text
         assert f"HTTPS_PROXY=http://127.0.0.1:{proxy_port}" in text
     finally:
-        for p in (proxy, server):
+        for p in (proxy, server, *([client] if "client" in locals() else [])):
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -196,8 +201,11 @@ def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Pat
     finally:
         store.close()
     assert [r.path for r in rows] == ["/v1/chat/completions"]
-    assert rows[0].client_app == "curl"
-    assert rows[0].client_process == "curl" and rows[0].client_pid  # same host: /proc lookup
+    # an unknown User-Agent is no app hint: the process name stands in for it
+    assert (rows[0].client_app or "").startswith("python")
+    # same host: the /proc lookup names the client's own process
+    assert rows[0].client_pid == client.pid
+    assert (rows[0].client_process or "").startswith("python")
 
 
 @pytest.mark.slow
