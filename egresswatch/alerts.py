@@ -54,6 +54,15 @@ if TYPE_CHECKING:
 DEFAULT_QUEUE_SIZE = 10_000
 #: alerts waiting (or being retried) per channel; beyond this an alert is "dropped"
 DEFAULT_CHANNEL_QUEUE = 1_000
+#: occurrences that only fold into an open window wait for the dispatcher's next pass;
+#: at this many waiting, record() wakes it anyway (bounds the queue and the lag)
+WAKE_BATCH = 256
+#: seconds: an occurrence this close to its window's end wakes the dispatcher, so it
+#: is folded before the window expires (the dispatcher drains, then expires)
+FOLD_GUARD = 0.1
+#: seconds: the longest the dispatcher sleeps when occurrences are still queued after a
+#: pass (one appended between its drain and a window's expiry has no wake-up of its own)
+FOLD_TICK = 0.5
 
 
 class Severity(enum.StrEnum):
@@ -559,13 +568,19 @@ class AlertSink:
         self._cb_lock = threading.Lock()
         #: occurrences lost because the queue was full (reported, never silent)
         self.dropped = 0
-        #: alerts raised after deduplication, and occurrences folded into them
+        #: alerts raised after deduplication, and occurrences folded into them (counted
+        #: when the dispatcher takes them: at the latest when their window ends)
         self.raised = 0
         self.folded = 0
         # record() appends to a deque (atomic under the GIL, no lock) and sets an event
-        # only when the dispatcher sleeps: a queue.Queue costs a lock and a notify per put
-        self._pending: deque[tuple[Decision, float]] = deque()
+        # only when the dispatcher sleeps: a queue.Queue costs a lock and a notify per put.
+        # An occurrence that folds into an open window raises nothing new, so it does not
+        # wake the dispatcher (a wake-up per request is a GIL hand-off per request for the
+        # proxy's event loop); the dispatcher takes such occurrences in batches: when
+        # WAKE_BATCH wait, when anything else wakes it, and before any window expires.
+        self._pending: deque[tuple[Decision, tuple[str, str, str], float]] = deque()
         self._queue_size = queue_size
+        self._wake_batch = max(1, min(WAKE_BATCH, queue_size // 2))
         self._wake = threading.Event()
         self._stopping = False
         self._workers = [_Worker(c, self._emit_state, channel_queue) for c in channels]
@@ -593,12 +608,26 @@ class AlertSink:
     def record(self, decision: Decision) -> None:
         if decision.verdict.action is Action.ALLOW or self._closed:
             return
-        if len(self._pending) >= self._queue_size:
+        pending = self._pending
+        if len(pending) >= self._queue_size:
             self.dropped += 1
             return
-        self._pending.append((decision, self._clock()))
-        if not self._wake.is_set():
-            self._wake.set()
+        at = self._clock()
+        key = self._key(decision)
+        pending.append((decision, key, at))
+        if self._wake.is_set():
+            return
+        # read without a lock: a dict lookup is atomic, and a window seen open here
+        # cannot expire before FOLD_GUARD seconds pass, while the dispatcher drains the
+        # queue before it expires windows
+        o = self._open.get(key)
+        if (
+            o is not None
+            and at + FOLD_GUARD < o.opened + self.window
+            and len(pending) < self._wake_batch
+        ):
+            return  # folds into an open window: counted at the dispatcher's next pass
+        self._wake.set()
 
     def flow_closed(self, event: FlowClosed) -> None:
         return None
@@ -632,11 +661,13 @@ class AlertSink:
                 # so the dict's first entry is always the next to expire
                 oldest = next(iter(self._open.values())).opened
                 timeout = max(0.0, oldest + self.window - self._clock())
+            if self._pending:  # occurrences that did not wake us: take them in a while
+                timeout = FOLD_TICK if timeout is None else min(timeout, FOLD_TICK)
             self._wake.wait(timeout)
             self._wake.clear()  # before draining: an append after this sets it again
             while self._pending:
-                decision, at = self._pending.popleft()
-                self._occurrence(decision, at)
+                decision, key, at = self._pending.popleft()
+                self._occurrence(decision, key, at)
             now = self._clock()
             while self._open:
                 key, o = next(iter(self._open.items()))
@@ -648,8 +679,7 @@ class AlertSink:
                     self._expire(key)
                 return
 
-    def _occurrence(self, decision: Decision, at: float) -> None:
-        key = self._key(decision)
+    def _occurrence(self, decision: Decision, key: tuple[str, str, str], at: float) -> None:
         current = self._open.get(key)
         if current is not None and at - current.opened < self.window:
             current.count += 1
