@@ -497,26 +497,40 @@ def test_passthrough_host_not_intercepted_but_recorded(plab: ProxyLab) -> None:
     assert rows[0].country == "DE"
 
 
+HOLDING_TLS_CLIENT = """
+import http.client, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+c = http.client.HTTPSConnection("10.77.1.1", 8080, context=ctx, timeout=10)
+c.set_tunnel("api.openai.com", 443)
+c.request("GET", "/local-client", headers={"user-agent": "curl/8.0"})
+print(c.getresponse().status, flush=True)
+sys.stdin.readline()
+"""
+
+
 def test_local_client_attributed_to_its_process(plab: ProxyLab) -> None:
+    import subprocess
+
     t0 = time.time()
-    # curl in the gateway namespace talks to the proxy on the same host.
-    res = plab.net.lab.sh(
-        "curl",
-        "-s",
-        "--max-time",
-        "10",
-        "--cacert",
-        str(plab.ca),
-        "-x",
-        "http://10.77.1.1:8080",
-        "https://api.openai.com/local-client",
-        ns=plab.net.gateway,
-        check=False,
+    # A client in the gateway namespace talks to the proxy on the same host and keeps its
+    # connection (and itself) until its row is recorded: the /proc lookup cannot race an
+    # exit (a curl that is gone before the lookup runs was attributed to nobody under load).
+    client = subprocess.Popen(
+        ["ip", "netns", "exec", plab.net.gateway, sys.executable, "-c", HOLDING_TLS_CLIENT,
+         str(plab.ca)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
-    assert res.returncode == 0
-    rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/local-client")
-    assert rows[0].client_process == "curl" and rows[0].client_pid
-    assert rows[0].client_app == "curl"
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "200"
+        rows = plab.wait_rows(plab.db_regular, t0, lambda r: r.path == "/local-client")
+    finally:
+        client.communicate("bye\n", timeout=10)
+    assert rows[0].client_pid == client.pid  # `ip netns exec` execs python in place
+    assert (rows[0].client_process or "").startswith("python")
+    assert rows[0].client_app == "curl"  # the User-Agent's app hint
 
 
 # -- transparent mode -------------------------------------------------------------------
