@@ -19,7 +19,7 @@ import io
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -485,6 +485,33 @@ def render_text(report: Report, width: int = 120) -> str:
 # -- markdown ---------------------------------------------------------------------------
 
 
+def _egress_cells(rows: Iterable[Any]) -> Iterator[tuple[object, ...]]:
+    """Cells of the egress table (Markdown and HTML share them)."""
+    for r in rows:
+        yield (
+            _service(r.service_name, r.service_id),
+            r.operator_country or "",
+            _country(r.country),
+            r.payload_type,
+            r.verdict,
+            r.flows,
+            human_bytes(r.bytes_out),
+        )
+
+
+def _client_cells(clients: Iterable[Any]) -> Iterator[tuple[object, ...]]:
+    """Cells of the top-clients table (Markdown and HTML share them)."""
+    for c in clients:
+        yield (
+            c.client_addr or "?",
+            c.client_app or "",
+            c.flows,
+            human_bytes(c.bytes_out),
+            c.blocked,
+            c.alerted,
+        )
+
+
 def _md_cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
@@ -514,18 +541,7 @@ def render_markdown(report: Report) -> str:
         "## Egress by service × country × payload type × verdict\n",
         _md_table(
             ["service", "operator country", "country", "payload type", "verdict", "flows", "sent"],
-            (
-                (
-                    _service(r.service_name, r.service_id),
-                    r.operator_country or "",
-                    _country(r.country),
-                    r.payload_type,
-                    r.verdict,
-                    r.flows,
-                    human_bytes(r.bytes_out),
-                )
-                for r in report.egress[:EGRESS_ROWS_SHOWN]
-            ),
+            _egress_cells(report.egress[:EGRESS_ROWS_SHOWN]),
             right=(5, 6),
         ),
         "## Destination countries\n",
@@ -547,17 +563,7 @@ def render_markdown(report: Report) -> str:
         "## Top clients\n",
         _md_table(
             ["client", "app", "flows", "sent", "blocked", "alerted"],
-            (
-                (
-                    c.client_addr or "?",
-                    c.client_app or "",
-                    c.flows,
-                    human_bytes(c.bytes_out),
-                    c.blocked,
-                    c.alerted,
-                )
-                for c in report.clients
-            ),
+            _client_cells(report.clients),
             right=(2, 3, 4, 5),
         ),
         "## Findings by kind\n",
@@ -642,35 +648,14 @@ def render_html(report: Report) -> str:
             "<h2>Egress by service × country × payload type × verdict</h2>",
             _html_table(
                 ["service", "operator", "country", "payload type", "verdict", "flows", "sent"],
-                (
-                    (
-                        _service(r.service_name, r.service_id),
-                        r.operator_country or "",
-                        _country(r.country),
-                        r.payload_type,
-                        r.verdict,
-                        r.flows,
-                        human_bytes(r.bytes_out),
-                    )
-                    for r in report.egress
-                ),
+                _egress_cells(report.egress),
                 right=(5, 6),
             ),
             '<div class="cols"><div>',
             "<h2>Top clients</h2>",
             _html_table(
                 ["client", "app", "flows", "sent", "blocked", "alerted"],
-                (
-                    (
-                        c.client_addr or "?",
-                        c.client_app or "",
-                        c.flows,
-                        human_bytes(c.bytes_out),
-                        c.blocked,
-                        c.alerted,
-                    )
-                    for c in report.clients
-                ),
+                _client_cells(report.clients),
                 right=(2, 3, 4, 5),
             ),
             "</div><div>",
