@@ -191,6 +191,37 @@ def test_same_decision_twice_is_stored_once(store: Store, tmp_path: Path) -> Non
     assert findings_by_kind(store)[0].findings == 1
 
 
+def test_batches_past_one_statement_keep_every_row_and_close(store: Store, tmp_path: Path) -> None:
+    """300 decisions in one batch (SQLite: 128 + 128 + 32 + 8 + 4 rows per statement).
+
+    Half the flows close in the batch of their decisions (folded into the rows
+    before the insert), half in the next batch (an UPDATE); every flow has two
+    decisions, so the earlier one must end with zero bytes either way.
+    """
+    w = writer_for(store, tmp_path, batch_size=10_000)
+    pairs = []
+    for i in range(150):
+        first = make_decision(2 * i, flow_id=f"flow-{i}", ts=1000.0 + i)
+        second = make_decision(2 * i + 1, flow_id=f"flow-{i}", ts=1000.5 + i)
+        pairs.append((first, second))
+        w.record(first)
+        w.record(second)
+    for i, (_, second) in enumerate(pairs[:75]):
+        w.flow_closed(make_close(second, bytes_out=100 + i, bytes_in=200 + i))
+    w.flush()
+    for i, (_, second) in enumerate(pairs[75:], start=75):
+        w.flow_closed(make_close(second, bytes_out=100 + i, bytes_in=200 + i))
+    w.close()
+    assert w.stats.written == 300 and w.stats.closes_pending == 0
+    rows = {r.decision_id: r for r in query_flows(store, FlowFilter(), None)}
+    assert len(rows) == 300
+    for i, (first, second) in enumerate(pairs):
+        assert (rows[first.id].bytes_out, rows[first.id].bytes_in) == (0, 0)
+        got = rows[second.id]
+        assert (got.bytes_out, got.bytes_in, got.status) == (100 + i, 200 + i, "200")
+    assert egress_summary(store, FlowFilter())  # the report still sums them
+
+
 @pytest.mark.parametrize("close_first", [False, True])
 def test_flow_closed_updates_latest_row_and_zeroes_earlier(
     store: Store, tmp_path: Path, close_first: bool

@@ -37,6 +37,7 @@ import itertools
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections import OrderedDict, deque
@@ -61,6 +62,7 @@ from egresswatch.store.rows import (
 )
 from egresswatch.store.schema import DnsAnswerRow, FindingRow, PayloadExcerptRow
 from egresswatch.store.spill import SpillJournal
+from egresswatch.store.sqlmany import ManyRows, max_variables, values_sql
 
 log = logging.getLogger("egresswatch.store")
 
@@ -75,6 +77,10 @@ MAX_JOURNAL_SLOTS = 32
 #: flows whose decision ids the writer remembers for their close, at most; a close
 #: for a flow forgotten meanwhile waits like one that overtook its decision
 MAX_TRACKED_FLOWS = 200_000
+#: UPDATE ... FROM arrived in SQLite 3.33; older libraries update closes row by row
+_SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
+_BYTES_OUT = FLOW_COLUMNS.index("bytes_out")
+_BYTES_IN = FLOW_COLUMNS.index("bytes_in")
 #: closes waiting for their decision row, at most (oldest are forgotten first)
 MAX_PENDING_CLOSES = 50_000
 #: seconds a close waits for its decision row before it is forgotten
@@ -204,11 +210,12 @@ class StoreWriter:
         # handed it the GIL) once per decision and once per close (docs/performance.md).
         self._wake = threading.Event()
         self._puts = itertools.count(1)
-        self._insert_flows, self._insert_findings = self._insert_statements()
         self._insert_excerpts = self._insert_sql(
             "payload_excerpts", EXCERPT_COLUMNS, "decision_id", 1
         )
         self._update_close, self._zero_close = self._close_statements()
+        #: SQLite: many-row statements, built on the first write (they need the connection)
+        self._many: dict[str, ManyRows] | None = None
         self._thread = threading.Thread(target=self._run, name="egresswatch-store", daemon=True)
         self._thread.start()
 
@@ -550,20 +557,14 @@ class StoreWriter:
 
     # -- SQL -----------------------------------------------------------------------------
 
-    def _insert_statements(self) -> tuple[str, str]:
-        """Driver-level INSERT ... ON CONFLICT DO NOTHING for flows and findings.
-
-        Executed with ``exec_driver_sql`` and plain sequences: SQLAlchemy's
-        per-row parameter processing cost more than SQLite's insert itself
-        (bench/store.py). Both engines accept ``ON CONFLICT (cols) DO NOTHING``
-        (SQLite >= 3.24, PostgreSQL >= 9.5).
-        """
-        return (
-            self._insert_sql("flows", FLOW_COLUMNS, "decision_id", 1),
-            self._insert_sql("findings", FINDING_COLUMNS, "decision_id, seq", 1),
-        )
-
     def _insert_sql(self, table: str, cols: tuple[str, ...], key: str, rows: int) -> str:
+        """Driver-level ``INSERT ... VALUES (...) x rows ON CONFLICT (key) DO NOTHING``.
+
+        Run with ``exec_driver_sql`` and plain sequences: SQLAlchemy's per-row
+        parameter processing cost more than SQLite's insert itself (bench/store.py).
+        Both engines accept ``ON CONFLICT (cols) DO NOTHING`` (SQLite >= 3.24,
+        PostgreSQL >= 9.5).
+        """
         dialect = self.store.engine.dialect
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
@@ -589,7 +590,7 @@ class StoreWriter:
     def _insert_many(
         self, conn: Connection, table: str, cols: tuple[str, ...], key: str, rows: list[Any]
     ) -> None:
-        """Insert rows: ``executemany`` on SQLite, ``COPY`` + ``INSERT ... SELECT`` on PostgreSQL.
+        """Insert rows: many-row INSERTs on SQLite, ``COPY`` + ``INSERT ... SELECT`` on PostgreSQL.
 
         psycopg's executemany sends a statement per row and a many-row VALUES
         spends its time parsing placeholders; COPY into a temporary table and
@@ -598,8 +599,7 @@ class StoreWriter:
         ids follow the order decisions were recorded in.
         """
         if self.store.dialect != "postgresql":
-            sql = self._insert_flows if table == "flows" else self._insert_findings
-            conn.exec_driver_sql(sql, rows)
+            self._sqlite_many(conn)[table].run(conn, rows)
             return
         import psycopg  # only with PostgreSQL; the driver egresswatch ships with
 
@@ -626,13 +626,22 @@ class StoreWriter:
             raise DBAPIError.instance(f"COPY {table}", None, e, psycopg.Error) from e
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        """Commit records in one transaction: inserts first, then closes, in order."""
-        flows: list[tuple[Any, ...]] = []
+        """Commit records in one transaction: inserts first, then closes, in order.
+
+        A close whose flow has rows in this same batch (most proxied requests end
+        well within one flush interval) is folded into those rows before they are
+        inserted: the row goes in once with its final counts, instead of an insert
+        and then an UPDATE that rewrites the row and its report-index entry.
+        """
+        flows: list[list[Any]] = []
         findings: list[tuple[Any, ...]] = []
         closes: list[dict[str, Any]] = []
         dns: list[dict[str, Any]] = []
         excerpts: list[tuple[Any, ...]] = []
         used: list[tuple[str, str]] = []
+        #: (flow_id, sensor) -> positions in ``flows`` of that flow's rows in this batch
+        here: dict[tuple[str, str], list[int]] = {}
+        seen: set[tuple[str, str]] = set()
         pending = self._pending
         for rec in records:
             kind = rec["k"]
@@ -642,7 +651,8 @@ class StoreWriter:
                     flow = rec["flow"]
                     values = [flow.get(c) for c in FLOW_COLUMNS]
                 key = (values[1], values[3])  # flow_id, sensor
-                self._track(key, values[0])
+                if not self._track(key, values[0]):
+                    seen.add(key)  # a row written before (a replay): its close needs the UPDATE
                 if pending:
                     waiting = pending.get(key)
                     if waiting is not None:
@@ -650,7 +660,12 @@ class StoreWriter:
                         for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
                             values[pos] = waiting[1][col]
                         used.append(key)
-                flows.append(tuple(values))  # exec_driver_sql takes tuples or dicts only
+                rows = here.get(key)
+                if rows is None:
+                    here[key] = [len(flows)]
+                else:
+                    rows.append(len(flows))
+                flows.append(values)
                 for f in rec["f"]:
                     findings.append(tuple(f.get(c) for c in FINDING_COLUMNS))
                 x = rec.get("x")
@@ -661,6 +676,9 @@ class StoreWriter:
                 closes.append(rec["c"])
             elif kind == "n":
                 dns.append(rec["n"])
+        folded: list[tuple[str, str]] = []
+        if closes and here:
+            closes, folded = self._fold_closes(closes, flows, here, seen)
         with self.store.engine.begin() as conn:
             if flows:
                 self._insert_many(conn, "flows", FLOW_COLUMNS, "decision_id", flows)
@@ -673,12 +691,52 @@ class StoreWriter:
             closed = self._apply_closes(conn, closes) if closes else []
         for key in used:  # only now: a failed transaction must not lose a waiting close
             pending.pop(key, None)
+        for key in folded:
+            self._flows.pop(key, None)
         for key in closed:
             self._flows.pop(key, None)
         self._written += len(flows)
 
-    def _track(self, key: tuple[str, str], decision_id: str) -> None:
-        """Remember which decisions a flow has, so its close needs no index on flow_id."""
+    def _fold_closes(
+        self,
+        closes: list[dict[str, Any]],
+        flows: list[list[Any]],
+        here: dict[tuple[str, str], list[int]],
+        seen: set[tuple[str, str]],
+    ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+        """Apply closes to rows of this batch before they are inserted.
+
+        The same outcome as inserting and then running :meth:`_apply_closes`:
+        the flow's latest row gets the final counts, its earlier rows zero bytes.
+        Returns the closes left for UPDATEs (flows with no row in this batch, or
+        with earlier rows already in the database) and the flows folded.
+        """
+        left: list[dict[str, Any]] = []
+        folded: list[tuple[str, str]] = []
+        tracked = self._flows
+        for c in closes:
+            key = (c["flow_id"], c["sensor"])
+            rows = here.get(key)
+            ids = tracked.get(key)
+            if rows is None or ids is None or len(ids) != len(rows) or key in seen:
+                # rows of this flow from earlier batches: the UPDATE path
+                left.append(c)
+                continue
+            last = flows[rows[-1]] = list(flows[rows[-1]])
+            for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
+                last[pos] = c[col]
+            for i in rows[:-1]:
+                row = flows[i] = list(flows[i])
+                row[_BYTES_OUT] = 0
+                row[_BYTES_IN] = 0
+            folded.append(key)
+        return left, folded
+
+    def _track(self, key: tuple[str, str], decision_id: str) -> bool:
+        """Remember which decisions a flow has, so its close needs no index on flow_id.
+
+        False if the decision was already known (recorded twice, or replayed).
+        """
         ids = self._flows.get(key)
         if ids is None:
             self._flows[key] = [decision_id]
@@ -686,6 +744,9 @@ class StoreWriter:
                 self._flows.popitem(last=False)  # the oldest flow: its close becomes pending
         elif decision_id not in ids:
             ids.append(decision_id)
+        else:
+            return False
+        return True
 
     def _apply_closes(
         self, conn: Connection, closes: list[dict[str, Any]]
@@ -714,11 +775,58 @@ class StoreWriter:
             if len(ids) > 1:
                 zero.extend((did,) for did in ids[:-1])
             done.append(key)
+        if self.store.dialect == "sqlite" and _SQLITE_UPDATE_FROM:
+            many = self._sqlite_many(conn)
+            if updates:
+                # one row per decision id, the last close winning as it did row by row
+                many["close"].run(conn, list({u[-1]: u for u in updates}.values()))
+            if zero:
+                many["zero"].run(conn, zero)
+            return done
         if updates:
             conn.exec_driver_sql(self._update_close, updates)
         if zero:
             conn.exec_driver_sql(self._zero_close, zero)
         return done
+
+    def _sqlite_many(self, conn: Connection) -> dict[str, ManyRows]:
+        """The many-row INSERTs and UPDATEs of this writer on SQLite (see store/sqlmany.py)."""
+        if self._many is None:
+            limit = max_variables(conn)
+            cols = ", ".join(CLOSE_COLUMNS)
+            sets = ", ".join(f"{c} = c.{c}" for c in CLOSE_COLUMNS)
+            self._many = {
+                "flows": ManyRows(
+                    lambda k: self._insert_sql("flows", FLOW_COLUMNS, "decision_id", k),
+                    len(FLOW_COLUMNS),
+                    limit,
+                ),
+                "findings": ManyRows(
+                    lambda k: self._insert_sql("findings", FINDING_COLUMNS, "decision_id, seq", k),
+                    len(FINDING_COLUMNS),
+                    limit,
+                ),
+                # UPDATE ... FROM (SQLite >= 3.33) finds each row by the unique decision_id
+                # index, one search per VALUES row
+                "close": ManyRows(
+                    lambda k: (
+                        f"WITH c({cols}, decision_id) AS "
+                        f"(VALUES {values_sql(len(CLOSE_COLUMNS) + 1, k)}) "
+                        f"UPDATE flows SET {sets} FROM c WHERE flows.decision_id = c.decision_id"
+                    ),
+                    len(CLOSE_COLUMNS) + 1,
+                    limit,
+                ),
+                "zero": ManyRows(
+                    lambda k: (
+                        "UPDATE flows SET bytes_out = 0, bytes_in = 0 "
+                        f"WHERE decision_id IN ({', '.join('?' * k)})"
+                    ),
+                    1,
+                    limit,
+                ),
+            }
+        return self._many
 
     def _remember_close(self, key: tuple[str, str], close: dict[str, Any]) -> None:
         now = time.monotonic()

@@ -1,0 +1,41 @@
+"""Cutting rows into many-row SQLite statements (egresswatch/store/sqlmany.py)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+
+from egresswatch.store.sqlmany import ManyRows, chunk_sizes, values_sql
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 37, 127, 128, 129, 300, 1000, 4097])
+def test_chunk_sizes_cover_every_row_with_few_statement_shapes(n: int) -> None:
+    sizes = chunk_sizes(n, 128)
+    assert sum(sizes) == n
+    assert all(0 < s <= 128 for s in sizes)
+    # full chunks, then distinct powers of two: at most 8 shapes of statement
+    rest = [s for s in sizes if s != 128]
+    assert len(rest) == len(set(rest)) and all(s & (s - 1) == 0 for s in rest)
+
+
+def test_many_rows_inserts_every_row_in_order(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (id INTEGER PRIMARY KEY, a TEXT, b INTEGER)")
+        many = ManyRows(lambda k: f"INSERT INTO t (a, b) VALUES {values_sql(2, k)}", 2, 999)
+        assert many.most == 128
+        rows = [(f"r{i}", i) for i in range(300)]
+        many.run(conn, rows)
+        got = conn.exec_driver_sql("SELECT a, b FROM t ORDER BY id").fetchall()
+    assert [tuple(r) for r in got] == rows
+    assert len(many._sql) == 4  # 128, 32, 8, 4
+
+
+def test_many_rows_respects_the_parameter_limit() -> None:
+    # 45 columns under the old 999-parameter limit: 22 rows per statement
+    assert ManyRows(lambda k: "", 45, 999).most == 22
+    con = sqlite3.connect(":memory:")
+    assert con.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) >= 999
