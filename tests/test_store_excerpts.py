@@ -193,7 +193,7 @@ def test_excerpt_survives_the_spill_journal(tmp_path: Path) -> None:
         d = with_body(make_decision(1), BODY)
         w = store.writer(spill_path=tmp_path / "spill.jsonl", flush_interval=0.05, raw_bodies=20)
         try:
-            records = w._to_records([("d", d)])
+            records = [w._decision_record(d)]
             w._spill(records)  # as the writer does when the database is unreachable
             line = json.loads(w.spill_path.read_text().splitlines()[0])
             assert base64.b64decode(line["x"]["body"]) == BODY[:20]

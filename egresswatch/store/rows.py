@@ -121,6 +121,25 @@ CLOSE_POSITIONS = tuple(FLOW_COLUMNS.index(c) for c in CLOSE_COLUMNS)
 _CLIPPED = tuple((FLOW_COLUMNS.index(c), n) for c, n in _LIMITS.items())
 
 
+#: raw path -> redacted path, for the paths a sensor sees again and again (API endpoints);
+#: cleared when full. Raw paths may hold query tokens: this lives in process memory only,
+#: as the flows that carried them do.
+_PATHS: dict[str, str | None] = {}
+_PATHS_MAX = 4096
+
+
+def _redacted_path(path: str | None) -> str | None:
+    if path is None:
+        return None
+    hit = _PATHS.get(path, _PATHS)
+    if hit is not _PATHS:
+        return hit  # type: ignore[return-value]
+    if len(_PATHS) >= _PATHS_MAX:
+        _PATHS.clear()
+    red = _PATHS[path] = redact_path(path)
+    return red
+
+
 def flow_values(decision: Decision, node: str | None = None) -> list[Any]:
     """The ``flows`` row of a decision as values in :data:`FLOW_COLUMNS` order.
 
@@ -158,7 +177,7 @@ def flow_values(decision: Decision, node: str | None = None) -> list[Any]:
         o.http_host,
         o.dns_name,
         o.method,
-        redact_path(o.path),
+        _redacted_path(o.path),
         country.upper()[:2] if country else UNKNOWN_COUNTRY,
         geo.asn,
         geo.org,
@@ -200,6 +219,8 @@ def flow_row(decision: Decision, node: str | None = None) -> dict[str, Any]:
 def finding_rows(decision: Decision) -> list[dict[str, Any]]:
     """The ``findings`` rows of a decision: kind and redacted value only."""
     a = decision.assessment
+    if not a.findings:
+        return []  # most decisions: nothing to compute
     o = a.observation
     country = (a.geo.country or UNKNOWN_COUNTRY).upper()[:2]
     service_id = a.service.service.id if a.service else None

@@ -15,12 +15,13 @@ cache.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
 
 #: rows per statement at most; more saved nothing measurable in bench/store.py
-MOST_ROWS = 128
+MOST_ROWS = 256
 #: SQLite's host-parameter limit before 3.32 (later builds allow 32766 or more)
 SAFE_VARIABLES = 999
 
@@ -56,7 +57,7 @@ class ManyRows:
     def run(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
         start = 0
         for size in chunk_sizes(len(rows), self.most):
-            flat = tuple(v for row in rows[start : start + size] for v in row)
+            flat = tuple(chain.from_iterable(rows[start : start + size]))
             conn.exec_driver_sql(self.sql(size), flat)
             start += size
 

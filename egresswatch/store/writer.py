@@ -3,8 +3,9 @@
 :class:`StoreWriter` is a ``ports.Sink``. ``record()`` and ``flow_closed()``
 only append to a bounded queue (a full queue is counted in
 ``stats.dropped``, never silent), so a sensor's event loop never waits on the
-disk. The writer thread maps decisions to rows and commits a batch when it has
-``batch_size`` items or when the oldest item waited ``flush_interval`` seconds.
+disk. Decisions are mapped to rows as they are queued; the writer thread commits
+a batch when it has ``batch_size`` items or when the oldest item waited
+``flush_interval`` seconds.
 
 When the database cannot be reached (PostgreSQL restarting, SQLite locked for
 longer than its busy timeout), batches go to a :class:`SpillJournal` and, from
@@ -222,32 +223,73 @@ class StoreWriter:
     # -- the Sink interface (called from sensors' threads) -----------------------------
 
     def record(self, decision: Decision) -> None:
-        """Queue a decision; never blocks. A full queue counts a drop."""
-        self._put(("d", decision))
+        """Queue a decision as its rows; never blocks. A full queue counts a drop.
+
+        The rows are built here, on the sensor's thread: the writer thread is left
+        with the SQL, most of which runs without the GIL, so the two overlap on two
+        cores instead of queueing for the GIL (bench/store.py).
+        """
+        if self._refuse():
+            return
+        try:
+            rec = self._decision_record(decision)
+        except Exception:  # a mapping bug must not reach the sensor: counted and logged
+            self._failed += 1
+            log.exception("store: decision %s could not be mapped to rows", decision.id)
+            return
+        self._queue.append(rec)
+        self._n_queued = next(self._queued) + 1
+        self._queued_item()
 
     def flow_closed(self, event: FlowClosed) -> None:
         """Queue the final byte counts of a flow; never blocks."""
-        self._put(("c", event))
+        if not self._refuse():
+            self._queue.append({"k": "c", "c": closed_row(event)})
+            self._queued_item()
 
     def dns_answer(self, answer: DnsAnswer) -> None:
         """Queue a DNS answer seen by the sniffer; never blocks."""
-        self._put(("n", answer))
+        if self._refuse():
+            return
+        row = {
+            "ts": answer.time,
+            "sensor": answer.sensor,
+            "node": self.node,
+            "client_addr": answer.client_addr,
+            "qname": answer.qname[:255],
+            "rtype": answer.rtype[:16],
+            "answer": answer.answer[:255],
+            "ttl": answer.ttl,
+        }
+        self._queue.append({"k": "n", "n": row})
+        self._queued_item()
 
-    def _put(self, item: tuple[str, Any]) -> None:
-        if self._closed:
-            self._n_dropped = next(self._dropped) + 1
-            return
-        q = self._queue
-        if len(q) >= self._queue_size:
-            self._n_dropped = next(self._dropped) + 1
-            if self._n_dropped in (1, 10, 100) or self._n_dropped % 10_000 == 0:
-                log.warning("store queue full: %d events dropped so far", self._n_dropped)
-            return
-        q.append(item)
-        if item[0] == "d":
-            self._n_queued = next(self._queued) + 1
+    def _refuse(self) -> bool:
+        """True (and a drop counted) when closed or the queue is full."""
+        if not self._closed and len(self._queue) < self._queue_size:
+            return False
+        self._n_dropped = next(self._dropped) + 1
+        if not self._closed and (self._n_dropped in (1, 10, 100) or self._n_dropped % 10_000 == 0):
+            log.warning("store queue full: %d events dropped so far", self._n_dropped)
+        return True
+
+    def _queued_item(self) -> None:
         if next(self._puts) % self.batch_size == 0:
-            self._wake.set()
+            self._wake.set()  # a batch's worth: no need to wait for the interval
+
+    def _decision_record(self, decision: Decision) -> dict[str, Any]:
+        # "v": the flows values in FLOW_COLUMNS order (the fast path);
+        # the journal stores them as a dict, see _spill
+        rec: dict[str, Any] = {
+            "k": "d",
+            "v": flow_values(decision, self.node),
+            "f": finding_rows(decision),
+        }
+        if self.raw_bodies:
+            excerpt = self._excerpt(decision)
+            if excerpt is not None:
+                rec["x"] = excerpt
+        return rec
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued before this call is committed or safely spilled.
@@ -327,9 +369,9 @@ class StoreWriter:
                     self._replay()
                 return
 
-    def _collect(self) -> tuple[list[tuple[str, Any]], list[_Flush]]:
+    def _collect(self) -> tuple[list[dict[str, Any]], list[_Flush]]:
         """Gather items until batch_size, a flush marker, or flush_interval has passed."""
-        batch: list[tuple[str, Any]] = []
+        batch: list[dict[str, Any]] = []
         markers: list[_Flush] = []
         q = self._queue
         deadline = time.monotonic() + self.flush_interval
@@ -368,43 +410,6 @@ class StoreWriter:
             if len(batch) >= self.batch_size:
                 return batch, markers
 
-    def _to_records(self, batch: list[tuple[str, Any]]) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
-        for kind, obj in batch:
-            if kind == "d":
-                # "v": the flows values in FLOW_COLUMNS order (the fast path);
-                # the journal stores them as a dict, see _spill
-                rec: dict[str, Any] = {
-                    "k": "d",
-                    "v": flow_values(obj, self.node),
-                    "f": finding_rows(obj),
-                }
-                if self.raw_bodies:
-                    excerpt = self._excerpt(obj)
-                    if excerpt is not None:
-                        rec["x"] = excerpt
-                records.append(rec)
-            elif kind == "c":
-                records.append({"k": "c", "c": closed_row(obj)})
-            else:
-                a: DnsAnswer = obj
-                records.append(
-                    {
-                        "k": "n",
-                        "n": {
-                            "ts": a.time,
-                            "sensor": a.sensor,
-                            "node": self.node,
-                            "client_addr": a.client_addr,
-                            "qname": a.qname[:255],
-                            "rtype": a.rtype[:16],
-                            "answer": a.answer[:255],
-                            "ttl": a.ttl,
-                        },
-                    }
-                )
-        return records
-
     def _excerpt(self, decision: Decision) -> dict[str, Any] | None:
         """The opted-in raw excerpt of a decision's request body, or None without a body.
 
@@ -425,8 +430,7 @@ class StoreWriter:
             "content_encoding": (obs.header("content-encoding") or "")[:64] or None,
         }
 
-    def _handle(self, batch: list[tuple[str, Any]]) -> None:
-        records = self._to_records(batch)
+    def _handle(self, records: list[dict[str, Any]]) -> None:
         if self._spilling:
             self._spill(records)
             return
@@ -539,7 +543,7 @@ class StoreWriter:
             self._drain_into_journal()
 
     def _drain_into_journal(self) -> None:
-        batch: list[tuple[str, Any]] = []
+        batch: list[dict[str, Any]] = []
         markers: list[_Flush] = []
         for _ in range(self.batch_size * 4):
             try:
@@ -551,7 +555,7 @@ class StoreWriter:
             elif item is not _WAKE:
                 batch.append(item)
         if batch:
-            self._spill(self._to_records(batch))
+            self._spill(batch)
         for m in markers:
             m.done.set()
 
