@@ -434,6 +434,38 @@ class EgressWatch:
             True,
             "Attribute local clients to a process name and pid (reads /proc).",
         )
+        self._check_command_line()
+
+    def _check_command_line(self) -> None:
+        """Stop start-up on an ``egresswatch_*`` value mitmproxy will not be able to apply.
+
+        mitmproxy applies ``--set`` values for a script's options only after ``load``;
+        when one fails (``egresswatch_body_limit=abc``, or an option given twice) it
+        drops the whole script without a word and proxies every flow unjudged. Parse
+        them here first, and exit with status 1 and the reason.
+        """
+        opts = ctx.options
+        deferred = getattr(opts, "deferred", None)
+        known = getattr(opts, "_options", None)
+        if not isinstance(deferred, dict) or not isinstance(known, dict):
+            return  # a mitmproxy without these internals: nothing to check against
+        problems = []
+        for name, value in deferred.items():
+            values = getattr(value, "val", None)
+            if not name.startswith("egresswatch_") or name not in known or values is None:
+                continue
+            try:
+                opts._parse_setval(known[name], values)
+            except exceptions.OptionsError as e:
+                problems.append(str(e).rstrip("."))
+        if problems:
+            log.error(
+                "egresswatch: %s. Not starting: without its options egresswatch would not "
+                "run and every flow would pass unjudged.",
+                "; ".join(problems),
+            )
+            # Not an exception mitmproxy would log and carry on from: start-up ends here.
+            raise SystemExit(1)
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
