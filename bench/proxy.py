@@ -229,26 +229,20 @@ def mitmdump(
         "connection_strategy=lazy",
     ]
     if addon:
-        cmd += [
-            "-s",
-            str(ROOT / "addons/egresswatch.py"),
-            "--set",
-            f"egresswatch_policy={tmp / 'policy.toml'}",
-            "--set",
-            f"egresswatch_country_db={tmp / 'lab.mmdb'}",
-            "--set",
-            f"egresswatch_asn_db={tmp / 'lab.mmdb'}",
-            "--set",
-            f"egresswatch_geoip_dir={tmp}",
-            "--set",
-            f"egresswatch_db=sqlite:///{tmp / 'bench.db'}",
-            "--set",
-            f"egresswatch_metrics_listen=127.0.0.1:{metrics}",
-            "--set",
-            "egresswatch_process_lookup=true",
-        ]
-        for item in extra:
-            cmd += ["--set", item]
+        ours = {
+            "egresswatch_policy": str(tmp / "policy.toml"),
+            "egresswatch_country_db": str(tmp / "lab.mmdb"),
+            "egresswatch_asn_db": str(tmp / "lab.mmdb"),
+            "egresswatch_geoip_dir": str(tmp),
+            "egresswatch_db": f"sqlite:///{tmp / 'bench.db'}",
+            "egresswatch_metrics_listen": f"127.0.0.1:{metrics}",
+            "egresswatch_process_lookup": "true",
+        }
+        # --addon-set replaces a default: mitmproxy refuses an option given twice
+        ours.update(item.split("=", 1) for item in extra)  # type: ignore[misc]
+        cmd += ["-s", str(ROOT / "addons/egresswatch.py")]
+        for name, value in ours.items():
+            cmd += ["--set", f"{name}={value}"]
     return cmd
 
 
@@ -324,6 +318,20 @@ def hook_cost(tmp: Path, n: int) -> None:
         )
 
 
+def cpu_split(pin: bool) -> tuple[set[int], set[int]]:
+    """(CPUs for the proxies, CPUs for the load generator and server); empty: no pinning.
+
+    On a shared box the scheduler moves three busy processes across the cores and
+    the proxy's CPU per request swings by 10-15% between rounds. With the proxy
+    alone on one core (all its threads, the store writer's too), its CPU per request
+    is the cost being compared, and throughput is that core's.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if not pin or len(cpus) < 2:
+        return set(), set()
+    return {cpus[-1]}, set(cpus[:-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0, help="length of one run")
@@ -336,6 +344,12 @@ def main() -> None:
         default=[],
         metavar="NAME=VALUE",
         help="extra option for the addon's mitmdump (egresswatch_db=none ...)",
+    )
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="do not pin the proxies to their own core (default: pinned when >= 2 CPUs)",
     )
     args = ap.parse_args()
     if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 10 or not 0 < args.connections <= 64:
@@ -354,6 +368,9 @@ def main() -> None:
         if args.hooks_only:
             return
         http_port, https_port = free_port(), free_port()
+        proxy_cpus, other_cpus = cpu_split(args.pin)
+        if other_cpus:
+            os.sched_setaffinity(0, other_cpus)  # the load generator; the server inherits it
         try:
             server = subprocess.Popen(
                 [
@@ -385,6 +402,9 @@ def main() -> None:
                     stderr=subprocess.DEVNULL,
                 )
                 procs.append(p)
+                if proxy_cpus:
+                    # before mitmdump has started any thread: they all inherit it
+                    os.sched_setaffinity(p.pid, proxy_cpus)
                 pids[name] = p.pid
                 wait_port(port, p)
             ca = tmp / "mitm" / "mitmproxy-ca-cert.pem"
@@ -393,6 +413,11 @@ def main() -> None:
                 f"keep-alive connections, {len(body)} B JSON chat bodies, "
                 f"{args.rounds} x {args.seconds:g} s per cell, loopback"
             )
+            if proxy_cpus:
+                print(
+                    f"proxies pinned to CPU {sorted(proxy_cpus)}, load generator and server "
+                    f"to CPU {sorted(other_cpus)} (--no-pin to let them float)"
+                )
             header = (
                 f"{'scheme':6} {'proxy':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
                 f" {'proxy CPU us/req':>17} {'wakeups/req':>12}"
@@ -403,7 +428,9 @@ def main() -> None:
                 # warm-up: certificates, connection pools, caches
                 for name in merged:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
+                round_ratios: list[float] = []
                 for _ in range(args.rounds):
+                    per_request: dict[str, float] = {}
                     for name in ("bare", "addon"):
                         cpu = proc_cpu(pids[name])
                         switches = proc_switches(pids[name])
@@ -413,11 +440,15 @@ def main() -> None:
                             )
                         )
                         m = merged[name]
-                        m.cpu += proc_cpu(pids[name]) - cpu
+                        used = proc_cpu(pids[name]) - cpu
+                        per_request[name] = used / max(1, len(r.latencies))
+                        m.cpu += used
                         m.switches += proc_switches(pids[name]) - switches
                         m.latencies += r.latencies
                         m.errors += r.errors
                         m.seconds += r.seconds
+                    if per_request["addon"] > 0:
+                        round_ratios.append(per_request["bare"] / per_request["addon"])
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
@@ -439,6 +470,35 @@ def main() -> None:
                     f"{scheme:6} CPU    {cpu_ratio:8.2f}x  (bare/addon proxy CPU per request: "
                     f"the throughput ratio when the proxy is CPU-bound; load average "
                     f"{os.getloadavg()[0]:.2f})"
+                )
+                if round_ratios:
+                    # each round compares two runs a few seconds apart: its ratio is less
+                    # exposed to drift in the box's load than the totals are
+                    print(
+                        f"{scheme:6} CPU    {statistics.median(round_ratios):8.2f}x  median of "
+                        f"{len(round_ratios)} rounds (range {min(round_ratios):.2f}-"
+                        f"{max(round_ratios):.2f})"
+                    )
+                # Latency without queueing: one connection, one request at a time. Under the
+                # saturating load above, a request waits behind the others, so p99 there
+                # grows with any per-request cost (2 ms at 20 ms is 10%); this is the time the
+                # addon adds to a request the proxy has capacity for.
+                lone = {"bare": Result(), "addon": Result()}
+                for _ in range(args.rounds):
+                    for name in ("bare", "addon"):
+                        r = asyncio.run(
+                            load(ports[name], scheme, sport, body, ca, args.seconds / 2, 1)
+                        )
+                        lone[name].latencies += r.latencies
+                        lone[name].errors += r.errors
+                        lone[name].seconds += r.seconds
+                b1, a1 = lone["bare"], lone["addon"]
+                print(
+                    f"{scheme:6} 1 conn  bare p50 {b1.pct(50) * 1e3:.2f} p99 {b1.pct(99) * 1e3:.2f}"
+                    f" ms, addon p50 {a1.pct(50) * 1e3:.2f} p99 {a1.pct(99) * 1e3:.2f} ms: added "
+                    f"p50 {(a1.pct(50) - b1.pct(50)) * 1e3:+.2f} ms, p99 "
+                    f"{(a1.pct(99) - b1.pct(99)) * 1e3:+.2f} ms  ({len(b1.latencies)}/"
+                    f"{len(a1.latencies)} requests, errors {b1.errors}/{a1.errors})"
                 )
         finally:
             for p in reversed(procs):
