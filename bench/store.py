@@ -4,7 +4,9 @@ Part 1 writes the same decisions three ways in one run and prints the rates side
 by side: through ``StoreWriter`` to SQLite, raw ``sqlite3.executemany`` of the
 same rows into the same schema (the floor SQLite itself sets), and through
 ``StoreWriter`` to a PostgreSQL server started from the Debian package (or
-``--pg-url``). Goal: >= 50,000 decisions/s to SQLite.
+``--pg-url``). Goal: >= 50,000 decisions/s to SQLite. Decision ids and times
+are the ones sensors produce (a per-process prefix and a counter, in time order);
+``--ids random`` shows the worst case, uuid4 ids at random times.
 
 Part 2 grows one SQLite database to each ``--sizes`` (flows spread over 30
 days, so "the last 24 h" holds 1/30 of them) and times what ``egresswatch
@@ -44,6 +46,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from helpers.pg import PgServer, why_no_postgres  # noqa: E402
 from helpers.storedata import make_decision  # noqa: E402
 
+from egresswatch.model import new_id  # noqa: E402
 from egresswatch.store import (  # noqa: E402
     FlowFilter,
     Store,
@@ -61,11 +64,31 @@ from egresswatch.store.rows import FLOW_COLUMNS, finding_rows, flow_values  # no
 DAY = 86_400.0
 
 
-def decisions(n: int, now: float) -> list:  # type: ignore[type-arg]
-    """n decisions with random uuid ids (as the inspector makes them), over the last hour."""
+def decisions(n: int, now: float, ids: str = "sensor") -> list:  # type: ignore[type-arg]
+    """n decisions over the last minute.
+
+    ``ids="sensor"``: ids as sensors make them (``model.new_id``: a per-process
+    prefix and a counter) and times in order, as decisions reach the writer.
+    ``ids="random"``: uuid4 ids and times shuffled over the last hour, the worst
+    case for the indexes (every insert lands on a random page).
+    """
     rng = random.Random(1)
+    if ids == "random":
+        return [
+            make_decision(
+                i, now=now, rng=rng, decision_id=uuid.uuid4().hex, flow_id=uuid.uuid4().hex
+            )
+            for i in range(n)
+        ]
     return [
-        make_decision(i, now=now, rng=rng, decision_id=uuid.uuid4().hex, flow_id=uuid.uuid4().hex)
+        make_decision(
+            i,
+            now=now,
+            rng=rng,
+            decision_id=new_id(),
+            flow_id=new_id(),
+            ts=now - 60 + 60 * i / n,
+        )
         for i in range(n)
     ]
 
@@ -128,9 +151,9 @@ def raw_executemany(path: Path, ds: list, batch: int) -> float:  # type: ignore[
 
 def part1(args: argparse.Namespace, work: Path) -> None:
     now = time.time()
-    ds = decisions(args.decisions, now)
+    ds = decisions(args.decisions, now, args.ids)
     n = len(ds)
-    print(f"\n== write rate: {n:,} decisions, batch {args.batch} ==")
+    print(f"\n== write rate: {n:,} decisions, batch {args.batch}, {args.ids} ids ==")
     results: list[tuple[str, float]] = []
     t_writer = through_writer(f"sqlite:///{work / 'w.db'}", ds, args.batch, work / "w.spill")
     results.append(("StoreWriter -> SQLite (map + insert + commit)", t_writer))
@@ -318,6 +341,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--decisions", type=int, default=50_000, help="decisions for the write test")
     ap.add_argument("--batch", type=int, default=1000, help="writer batch size")
+    ap.add_argument(
+        "--ids",
+        choices=("sensor", "random"),
+        default="sensor",
+        help="decision ids as sensors make them, in time order (default), or random uuids "
+        "at random times (the indexes' worst case)",
+    )
     ap.add_argument(
         "--sizes",
         default="100000,1000000",
