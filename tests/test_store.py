@@ -43,7 +43,7 @@ from egresswatch.store import (
     update_alert,
     verdicts_over_time,
 )
-from egresswatch.store.engine import _alembic_config, head_revision
+from egresswatch.store.engine import SCHEMA_HEAD, _alembic_config, head_revision
 from egresswatch.store.retention import Retention, prune
 from egresswatch.store.rows import redact_path
 from egresswatch.store.schema import Base
@@ -72,11 +72,28 @@ def writer_for(store: Store, tmp_path: Path, **kw: object):  # type: ignore[no-u
 
 def test_open_migrates_to_head_and_models_match_migrations(store: Store) -> None:
     info = store.info()
-    assert info.revision == head_revision() == "0005"
+    assert info.revision == head_revision() == SCHEMA_HEAD == "0005"
     assert (info.flows, info.findings, info.alerts, info.dns_answers) == (0, 0, 0, 0)
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], f"schema.py and the migrations disagree: {diff}"
+
+
+def test_database_at_head_opens_without_alembic(tmp_path: Path) -> None:
+    """Read-only commands open an up-to-date store without importing alembic (~0.25 s)."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "egw.db"
+    open_store(f"sqlite:///{db}").close()  # created and migrated: alembic runs here
+    code = (
+        "import sys; from egresswatch.store import open_store; "
+        f"s = open_store({str(db)!r}, must_exist=True); "
+        "print('alembic' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_old_database_is_upgraded_not_dropped(store_url: str, tmp_path: Path) -> None:

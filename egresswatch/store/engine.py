@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from egresswatch.errors import StoreError
 from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
@@ -215,7 +214,7 @@ class Store:
     def revision(self) -> str | None:
         """The alembic revision the database is at (None: empty database)."""
         with self.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+            return current_revision(conn)
 
     def upgrade(self) -> tuple[str | None, str]:
         """Migrate to head; return (revision before, revision after)."""
@@ -224,7 +223,7 @@ class Store:
     def info(self) -> StoreInfo:
         """Revision, row counts and time range."""
         with self.connect() as conn:
-            rev = MigrationContext.configure(conn).get_current_revision()
+            rev = current_revision(conn)
             counts = {
                 name: conn.execute(select(func.count()).select_from(model)).scalar_one()
                 for name, model in (
@@ -270,7 +269,31 @@ def _short(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+#: the newest migration in store/migrations (tests/test_store.py checks it against alembic's
+#: own answer): a database already there is opened without importing alembic, which took
+#: a quarter of a second of every `flows` and `report` (bench/store.py)
+SCHEMA_HEAD = "0005"
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The revision in ``alembic_version`` (None: no such table or no row)."""
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def _quick_revision(conn: Connection) -> str | None:
+    """``alembic_version`` read with plain SQL; None when it is missing or ambiguous."""
+    try:
+        rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").fetchall()
+    except SQLAlchemyError:  # no table yet (or no database): the full path decides
+        return None
+    return str(rows[0][0]) if len(rows) == 1 else None
+
+
 def _alembic_config(conn: Connection) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["connection"] = conn
@@ -278,7 +301,10 @@ def _alembic_config(conn: Connection) -> Config:
 
 
 def head_revision() -> str:
-    """The newest migration this egresswatch knows."""
+    """The newest migration this egresswatch knows (asks alembic; see :data:`SCHEMA_HEAD`)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     head = ScriptDirectory.from_config(cfg).get_current_head()
@@ -288,6 +314,16 @@ def head_revision() -> str:
 
 def upgrade(engine: Engine, shown_url: str) -> tuple[str | None, str]:
     """Run migrations to head on ``engine``; never drops data. Returns (before, after)."""
+    try:
+        with engine.connect() as conn:
+            if _quick_revision(conn) == SCHEMA_HEAD:
+                return SCHEMA_HEAD, SCHEMA_HEAD  # up to date: nothing for alembic to do
+    except SQLAlchemyError as e:
+        raise StoreError(f"cannot migrate {shown_url}: {_short(e)}") from e
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
     head = head_revision()
     known = {s.revision for s in ScriptDirectory(str(MIGRATIONS)).walk_revisions()}
     try:
