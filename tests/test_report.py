@@ -513,3 +513,24 @@ def test_console_script_writes_the_html_report(store: Store, tmp_path: Path) -> 
     )
     assert bad.returncode == 2 and "is not a time" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_cell_in_both_halves_of_the_period_is_counted_once_per_flow(
+    store_url: str, tmp_path: Path
+) -> None:
+    """build_report scans [since, mid) and [mid, until) side by side and merges the cells."""
+    s = open_store(store_url)
+    try:
+        block = {"action": Action.BLOCK, "mode": Mode.ENFORCE, "rule": "no-cn"}
+        hours = (5.5, 4.0, 2.0, 0.5)  # two before the middle of [NOW-6h, NOW), two after
+        items = [(decision(at=NOW - h * HOUR, client="10.0.0.1", **block), 1000) for h in hours]  # type: ignore[arg-type]
+        _write(s, items, tmp_path / "spill.jsonl")
+        r = build_report(s, NOW - 6 * HOUR, NOW)
+    finally:
+        s.close()
+    assert [(e.country, e.payload_type, e.verdict, e.flows, e.bytes_out) for e in r.egress] == [
+        ("CN", "chat-prompt", "block", 4, 4000)
+    ]
+    assert (r.totals.block, r.totals.bytes_out, r.totals.bytes_in) == (4, 4000, 400)
+    assert [(c.country, c.counts.flows) for c in r.countries] == [("CN", 4)]
+    assert r.services[0].service_name and r.services[0].counts.flows == 4
