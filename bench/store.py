@@ -47,18 +47,14 @@ from helpers.pg import PgServer, why_no_postgres  # noqa: E402
 from helpers.storedata import make_decision  # noqa: E402
 
 from egresswatch.model import new_id  # noqa: E402
+from egresswatch.report import build_report  # noqa: E402
 from egresswatch.store import (  # noqa: E402
     FlowFilter,
     Store,
     count_flows,
-    egress_summary,
-    findings_by_kind,
     open_store,
     query_flows,
-    top_clients,
-    verdicts_over_time,
 )
-from egresswatch.store.queries import alerts_by_rule  # noqa: E402
 from egresswatch.store.rows import FLOW_COLUMNS, finding_rows, flow_values  # noqa: E402
 
 DAY = 86_400.0
@@ -272,8 +268,8 @@ def part2(args: argparse.Namespace, work: Path) -> None:
         return
     have_report_cmd = importlib.util.find_spec("egresswatch.commands.report") is not None
     print("\n== query time vs size (SQLite; flows over 30 days, inserted in time order) ==")
-    print("report : egress_summary + top_clients + findings_by_kind + alerts_by_rule +")
-    print("         hourly verdicts, all --since 24h (what `egresswatch report` asks)")
+    print("report : report.build_report for the last 24 h (what `egresswatch report --since 24h`")
+    print("         runs: its sections as queries side by side)")
     print("flows  : --since 24h --country CN --verdict block --limit 50")
     print("flows* : --country CN --type chat-prompt --limit 50 (no --since)")
     print("times in s: first run / best of 3 (page cache warm: the database was just built);")
@@ -292,12 +288,8 @@ def part2(args: argparse.Namespace, work: Path) -> None:
         since = FlowFilter(since=now - DAY)
         in_day = count_flows(store, since)
 
-        def report(store: Store = store, since: FlowFilter = since) -> None:
-            egress_summary(store, since)
-            top_clients(store, since, 10)
-            findings_by_kind(store, since)
-            alerts_by_rule(store, since)
-            verdicts_over_time(store, since, 3600)
+        def report(store: Store = store, now: float = now) -> None:
+            build_report(store, now - DAY, now)  # what `egresswatch report --since 24h` runs
 
         flt = FlowFilter(since=now - DAY, countries=("CN",), verdicts=("block",))
         wide = FlowFilter(countries=("CN",), payload_types=("chat-prompt",))
