@@ -18,4 +18,5 @@ try:
 finally:
     sys.path[:] = _saved
 
-addons = [EgressWatch()]
+# exit_on_bad_options: a bad --set ends start-up with one line instead of a traceback
+addons = [EgressWatch(exit_on_bad_options=True)]

@@ -334,12 +334,17 @@ class EgressWatch:
         sinks: Sink | None = None,
         *,
         builder: Callable[[Any], tuple[InspectorLike, Sink]] | None = None,
+        exit_on_bad_options: bool = False,
     ) -> None:
         # Injected parts (tests, `egresswatch run`) win over ones built from options.
         self._inspector = inspector
         self._sinks = sinks
         self._injected = inspector is not None
         self._builder = builder
+        #: the `mitmdump -s` entry script: a bad option at start-up ends the process with one
+        #: line (mitmproxy would print a traceback for the script, then exit 1)
+        self._exit_on_bad_options = exit_on_bad_options
+        self._running = False
         self._cfg = AddonConfig()
         self._procs = ProcessLookup()
         self._attr: dict[str, asyncio.Future[ProcessInfo | None]] = {}
@@ -473,24 +478,30 @@ class EgressWatch:
         if not ours:
             return
         try:
-            self._cfg = parse_options(
-                opts.egresswatch_body_limit,
-                opts.egresswatch_allow_quic,
-                opts.egresswatch_passthrough,
-                opts.egresswatch_process_lookup,
-                opts.egresswatch_stream_above,
-            )
-        except ValueError as e:
-            raise exceptions.OptionsError(f"egresswatch: {e}") from e
-        building = ours - {
-            "egresswatch_body_limit",
-            "egresswatch_allow_quic",
-            "egresswatch_passthrough",
-            "egresswatch_process_lookup",
-            "egresswatch_stream_above",
-        }
-        if building and not self._injected:
-            self._build(opts)
+            try:
+                self._cfg = parse_options(
+                    opts.egresswatch_body_limit,
+                    opts.egresswatch_allow_quic,
+                    opts.egresswatch_passthrough,
+                    opts.egresswatch_process_lookup,
+                    opts.egresswatch_stream_above,
+                )
+            except ValueError as e:
+                raise exceptions.OptionsError(f"egresswatch: {e}") from e
+            building = ours - {
+                "egresswatch_body_limit",
+                "egresswatch_allow_quic",
+                "egresswatch_passthrough",
+                "egresswatch_process_lookup",
+                "egresswatch_stream_above",
+            }
+            if building and not self._injected:
+                self._build(opts)
+        except exceptions.OptionsError as e:
+            if self._exit_on_bad_options and not self._running:
+                log.error("%s. Not starting.", str(e).rstrip("."))
+                raise SystemExit(1) from None
+            raise  # at run time mitmproxy refuses the change and keeps the old values
         self._require_lazy()
 
     def _build(self, opts: Any) -> None:
@@ -530,6 +541,7 @@ class EgressWatch:
             )
 
     def running(self) -> None:
+        self._running = True
         self._require_lazy()
 
     def done(self) -> None:

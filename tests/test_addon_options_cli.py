@@ -1,4 +1,4 @@
-"""`mitmdump -s addons/egresswatch.py --set ...` with options mitmproxy cannot apply.
+"""`mitmdump -s addons/egresswatch.py --set ...` with options that cannot be applied.
 
 mitmproxy applies a script's ``--set`` values after the script's ``load``; when one
 fails to parse, or is given twice, it drops the script without a word and proxies
@@ -73,6 +73,9 @@ def test_valid_options_start_the_proxy(tmp_path: Path) -> None:
             ("egresswatch_policy=/nonexistent-a.toml", "egresswatch_policy=/nonexistent-b.toml"),
             "Received multiple values for egresswatch_policy",
         ),
+        # parsed by mitmproxy, refused by egresswatch: one line, not the script's traceback
+        (("egresswatch_body_limit=abc",), "not a size: 'abc'"),
+        (("egresswatch_policy=/nonexistent-policy.toml",), "no such policy file"),
     ],
 )
 def test_options_mitmproxy_cannot_apply_stop_startup(
@@ -88,5 +91,6 @@ def test_options_mitmproxy_cannot_apply_stop_startup(
         pytest.fail(f"mitmdump kept running without egresswatch:\n{out}")
     assert proc.returncode == 1, out
     assert reason in out and "Not starting" in out, out
+    assert out.count("egresswatch:") == 1, out  # one line says why
     assert "Traceback" not in out, out
     assert "listening" not in out and not _listening(port), out

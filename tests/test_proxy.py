@@ -72,6 +72,19 @@ def test_bad_option_stops_startup(option: str, value: object, message: str) -> N
         tctx.configure(addon, **{option: value})
 
 
+def test_entry_script_addon_exits_on_a_bad_option_only_at_startup() -> None:
+    addon = proxy.EgressWatch(mitm.fake_inspector(), mitm.RecordingSink(), exit_on_bad_options=True)
+    with mitm.context(addon) as tctx:
+        with pytest.raises(SystemExit) as stopped:
+            tctx.configure(addon, egresswatch_body_limit="lots")
+        assert stopped.value.code == 1
+        tctx.configure(addon, egresswatch_body_limit="64k")
+        addon.running()
+        # once running, a bad change is refused and the proxy keeps its options
+        with pytest.raises(exceptions.OptionsError, match="not a size"):
+            tctx.configure(addon, egresswatch_body_limit="lots")
+
+
 def test_bad_build_option_is_options_error() -> None:
     # Not injected: the addon builds its parts from options; a bad mode is a clear error.
     addon = proxy.EgressWatch()
