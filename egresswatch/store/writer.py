@@ -225,9 +225,11 @@ class StoreWriter:
     def record(self, decision: Decision) -> None:
         """Queue a decision as its rows; never blocks. A full queue counts a drop.
 
-        The rows are built here, on the sensor's thread: the writer thread is left
-        with the SQL, most of which runs without the GIL, so the two overlap on two
-        cores instead of queueing for the GIL (bench/store.py).
+        The rows are built here, on the sensor's thread (a few microseconds per
+        decision): the writer thread is left with the SQL, most of which runs without
+        the GIL, so a proxy's event loop never waits behind a batch's worth of Python
+        mapping (docs/performance.md). A decision that cannot be mapped is counted in
+        ``stats.failed`` and logged.
         """
         if self._refuse():
             return
