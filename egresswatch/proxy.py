@@ -445,7 +445,7 @@ class EgressWatch:
         """Stop start-up on an ``egresswatch_*`` value mitmproxy will not be able to apply.
 
         mitmproxy applies ``--set`` values for a script's options only after ``load``;
-        when one fails (``egresswatch_body_limit=abc``, or an option given twice) it
+        when one fails (``egresswatch_process_lookup=maybe``, or an option given twice) it
         drops the whole script without a word and proxies every flow unjudged. Parse
         them here first, and exit with status 1 and the reason.
         """
@@ -478,31 +478,34 @@ class EgressWatch:
         if not ours:
             return
         try:
-            try:
-                self._cfg = parse_options(
-                    opts.egresswatch_body_limit,
-                    opts.egresswatch_allow_quic,
-                    opts.egresswatch_passthrough,
-                    opts.egresswatch_process_lookup,
-                    opts.egresswatch_stream_above,
-                )
-            except ValueError as e:
-                raise exceptions.OptionsError(f"egresswatch: {e}") from e
-            building = ours - {
-                "egresswatch_body_limit",
-                "egresswatch_allow_quic",
-                "egresswatch_passthrough",
-                "egresswatch_process_lookup",
-                "egresswatch_stream_above",
-            }
-            if building and not self._injected:
-                self._build(opts)
+            self._apply_options(opts, ours)
         except exceptions.OptionsError as e:
             if self._exit_on_bad_options and not self._running:
                 log.error("%s. Not starting.", str(e).rstrip("."))
                 raise SystemExit(1) from None
             raise  # at run time mitmproxy refuses the change and keeps the old values
         self._require_lazy()
+
+    def _apply_options(self, opts: Any, ours: set[str]) -> None:
+        try:
+            self._cfg = parse_options(
+                opts.egresswatch_body_limit,
+                opts.egresswatch_allow_quic,
+                opts.egresswatch_passthrough,
+                opts.egresswatch_process_lookup,
+                opts.egresswatch_stream_above,
+            )
+        except ValueError as e:
+            raise exceptions.OptionsError(f"egresswatch: {e}") from e
+        building = ours - {
+            "egresswatch_body_limit",
+            "egresswatch_allow_quic",
+            "egresswatch_passthrough",
+            "egresswatch_process_lookup",
+            "egresswatch_stream_above",
+        }
+        if building and not self._injected:
+            self._build(opts)
 
     def _build(self, opts: Any) -> None:
         from egresswatch.errors import EgressWatchError
