@@ -197,8 +197,10 @@ class StoreWriter:
         self._lost = 0
         self._write_errors = 0
         self._last_error: str | None = None
-        #: (flow_id, sensor) -> decision ids written for it, oldest first (for closes)
-        self._flows: OrderedDict[tuple[str, str], list[str]] = OrderedDict()
+        #: (flow_id, sensor) -> decision ids written for it, oldest first (for closes).
+        #: Tuples, not lists: up to MAX_TRACKED_FLOWS long-lived lists were containers the
+        #: garbage collector scanned on every full collection; tuples of strings it untracks.
+        self._flows: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
         self._pending: OrderedDict[tuple[str, str], tuple[float, dict[str, Any]]] = OrderedDict()
         self._spilling = self._journal.pending > 0
         self._retry_at = 0.0
@@ -231,7 +233,10 @@ class StoreWriter:
         mapping (docs/performance.md). A decision that cannot be mapped is counted in
         ``stats.failed`` and logged.
         """
-        if self._refuse():
+        # _refuse() and _queued_item() inlined: this runs once per decision on the
+        # sensor's thread, and each method call cost about as much as its body
+        q = self._queue
+        if (self._closed or len(q) >= self._queue_size) and self._refuse():
             return
         try:
             rec = self._decision_record(decision)
@@ -239,9 +244,10 @@ class StoreWriter:
             self._failed += 1
             log.exception("store: decision %s could not be mapped to rows", decision.id)
             return
-        self._queue.append(rec)
+        q.append(rec)
         self._n_queued = next(self._queued) + 1
-        self._queued_item()
+        if next(self._puts) % self.batch_size == 0:
+            self._wake.set()  # a batch's worth: no need to wait for the interval
 
     def flow_closed(self, event: FlowClosed) -> None:
         """Queue the final byte counts of a flow; never blocks."""
@@ -282,11 +288,10 @@ class StoreWriter:
     def _decision_record(self, decision: Decision) -> dict[str, Any]:
         # "v": the flows values in FLOW_COLUMNS order (the fast path);
         # the journal stores them as a dict, see _spill
-        rec: dict[str, Any] = {
-            "k": "d",
-            "v": flow_values(decision, self.node),
-            "f": finding_rows(decision),
-        }
+        # "f" (findings rows) only when there are findings: most decisions have none
+        rec: dict[str, Any] = {"k": "d", "v": flow_values(decision, self.node)}
+        if decision.assessment.findings:
+            rec["f"] = finding_rows(decision)
         if self.raw_bodies:
             excerpt = self._excerpt(decision)
             if excerpt is not None:
@@ -481,7 +486,7 @@ class StoreWriter:
                     {
                         "k": "d",
                         "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)),
-                        "f": r["f"],
+                        "f": r.get("f", []),
                         **({"x": r["x"]} if "x" in r else {}),
                     }
                     if "v" in r
@@ -646,9 +651,10 @@ class StoreWriter:
         excerpts: list[tuple[Any, ...]] = []
         used: list[tuple[str, str]] = []
         #: (flow_id, sensor) -> positions in ``flows`` of that flow's rows in this batch
-        here: dict[tuple[str, str], list[int]] = {}
+        here: dict[tuple[str, str], tuple[int, ...]] = {}
         seen: set[tuple[str, str]] = set()
         pending = self._pending
+        tracked = self._flows
         for rec in records:
             kind = rec["k"]
             if kind == "d":
@@ -657,8 +663,12 @@ class StoreWriter:
                     flow = rec["flow"]
                     values = [flow.get(c) for c in FLOW_COLUMNS]
                 key = (values[1], values[3])  # flow_id, sensor
-                if not self._track(key, values[0]):
-                    seen.add(key)  # a row written before (a replay): its close needs the UPDATE
+                # self._track(key, values[0]), inlined for the common case: a new flow
+                if key in tracked or len(tracked) >= MAX_TRACKED_FLOWS:
+                    if not self._track(key, values[0]):
+                        seen.add(key)  # written before (a replay): its close needs the UPDATE
+                else:
+                    tracked[key] = (values[0],)
                 if pending:
                     waiting = pending.get(key)
                     if waiting is not None:
@@ -667,13 +677,12 @@ class StoreWriter:
                             values[pos] = waiting[1][col]
                         used.append(key)
                 rows = here.get(key)
-                if rows is None:
-                    here[key] = [len(flows)]
-                else:
-                    rows.append(len(flows))
+                here[key] = (len(flows),) if rows is None else (*rows, len(flows))
                 flows.append(values)
-                for f in rec["f"]:
-                    findings.append(tuple(f.get(c) for c in FINDING_COLUMNS))
+                fs = rec.get("f")
+                if fs:
+                    for f in fs:
+                        findings.append(tuple([f.get(c) for c in FINDING_COLUMNS]))
                 x = rec.get("x")
                 if x is not None:
                     x = {**x, "body": base64.b64decode(x["body"])}
@@ -707,7 +716,7 @@ class StoreWriter:
         self,
         closes: list[dict[str, Any]],
         flows: list[list[Any]],
-        here: dict[tuple[str, str], list[int]],
+        here: dict[tuple[str, str], tuple[int, ...]],
         seen: set[tuple[str, str]],
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Apply closes to rows of this batch before they are inserted.
@@ -743,13 +752,14 @@ class StoreWriter:
 
         False if the decision was already known (recorded twice, or replayed).
         """
-        ids = self._flows.get(key)
+        flows = self._flows
+        ids = flows.get(key)
         if ids is None:
-            self._flows[key] = [decision_id]
-            if len(self._flows) > MAX_TRACKED_FLOWS:
-                self._flows.popitem(last=False)  # the oldest flow: its close becomes pending
+            flows[key] = (decision_id,)
+            if len(flows) > MAX_TRACKED_FLOWS:
+                flows.popitem(last=False)  # the oldest flow: its close becomes pending
         elif decision_id not in ids:
-            ids.append(decision_id)
+            flows[key] = (*ids, decision_id)
         else:
             return False
         return True
