@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from egresswatch.clientinfo import ProcessLookup, _hex_endpoint, is_local_client
+from egresswatch.clientinfo import ProcessLookup, _hex_endpoint, is_local_client, socket_inode
 
 
 @pytest.mark.parametrize("family,addr", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
@@ -41,15 +44,100 @@ def test_one_scan_serves_every_socket_that_existed_before_it() -> None:
             owners = [lookup.owner(*c.getsockname()) for c in clients]
             assert [o.pid for o in owners if o] == [os.getpid()] * 3
             assert lookup.scans == 1
-            late = socket.create_connection(server.getsockname())  # after the scan: rescans
+            # after the scan, from a process that owned a client before: its own fds are
+            # looked at, no new scan of every process
+            late = socket.create_connection(server.getsockname())
             try:
                 assert lookup.owner(*late.getsockname()).pid == os.getpid()  # type: ignore[union-attr]
-                assert lookup.scans == 2
+                assert lookup.scans == 1
             finally:
                 late.close()
         finally:
             for c in clients:
                 c.close()
+
+
+@pytest.mark.parametrize(
+    ("family", "listen", "connect"),
+    [
+        (socket.AF_INET, "127.0.0.1", "127.0.0.1"),
+        (socket.AF_INET6, "::1", "::1"),
+        (socket.AF_INET6, "::", "127.0.0.1"),  # dual-stack listener: the peer is ::ffff:...
+    ],
+)
+def test_socket_inode_finds_exactly_that_socket(family: int, listen: str, connect: str) -> None:
+    with socket.socket(family) as server:
+        if family == socket.AF_INET6:
+            server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        server.bind((listen, 0))
+        server.listen()
+        clients = [socket.create_connection((connect, server.getsockname()[1])) for _ in range(2)]
+        accepted = [server.accept()[0] for _ in clients]
+        try:
+            for client, conn in zip(clients, accepted, strict=True):
+                # as the proxy sees it: the client's address and the address it reached
+                peer, here = conn.getpeername()[:2], conn.getsockname()[:2]
+                assert socket_inode(peer, here) == os.fstat(client.fileno()).st_ino
+                # the other direction is the proxy's own socket, not the client's
+                assert socket_inode(here, peer) == os.fstat(conn.fileno()).st_ino
+            assert socket_inode(("127.0.0.1", 1), ("127.0.0.1", 2)) is None
+            assert socket_inode(("not an address", 1), ("127.0.0.1", 2)) is None
+        finally:
+            for s in clients + accepted:
+                s.close()
+
+
+def test_owner_with_the_peer_needs_no_proc_net_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
+    lookup = ProcessLookup()
+
+    def no_table(addr: str, port: int) -> None:
+        raise AssertionError("read /proc/net/tcp although the peer was given")
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as client:
+            conn, _ = server.accept()
+            with conn:
+                monkeypatch.setattr(lookup, "_inode", no_table)
+                found = lookup.owner(*client.getsockname(), peer=conn.getsockname())
+    assert found is not None and found.pid == os.getpid()
+
+
+def test_owner_of_another_process_after_a_recent_owner(tmp_path: Path) -> None:
+    """The recent-owners shortcut must not attribute a new process's socket to an old one."""
+    lookup = ProcessLookup()
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.create_connection(server.getsockname()) as mine:
+            conn, _ = server.accept()
+            conn.close()
+            assert lookup.owner(*mine.getsockname()).pid == os.getpid()  # type: ignore[union-attr]
+        ready = tmp_path / "ready"
+        child = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import socket, sys, time, pathlib\n"
+                f"s = socket.create_connection(('127.0.0.1', {server.getsockname()[1]}))\n"
+                f"pathlib.Path({str(ready)!r} + '.tmp').write_text('%s %d' % s.getsockname())\n"
+                f"pathlib.Path({str(ready)!r} + '.tmp').rename({str(ready)!r})\n"
+                "time.sleep(30)\n",
+            ]
+        )
+        try:
+            conn, _ = server.accept()
+            with conn:
+                deadline = time.monotonic() + 10
+                while not ready.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                addr, port = ready.read_text().split()
+                found = lookup.owner(addr, int(port), peer=conn.getsockname())
+        finally:
+            child.kill()
+            child.wait()
+    assert found is not None and found.pid == child.pid
 
 
 def test_scan_is_bounded_by_process_count(tmp_path: Path) -> None:
