@@ -24,6 +24,7 @@ never go stale and the store does not need to know about Prometheus.
 
 from __future__ import annotations
 
+import bisect
 import platform
 import re
 import threading
@@ -34,10 +35,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from egresswatch import __version__
 from egresswatch.errors import EgressWatchError
@@ -294,15 +301,115 @@ class _GeoCollector(Collector):
         return [family]
 
 
-@dataclass(slots=True)
-class _Row:
-    """The metric children of one (sensor, source, service, country, verdict) label set."""
+#: one counted series: the flow labels and the metric's own labels after them
+_Key = tuple[tuple[str, str, str, str], tuple[str, ...]]
+#: (metric name, help, extra label names) of the per-decision counters, in _DecisionCounts
+_COUNTERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    (
+        "egresswatch_decisions",
+        "Decisions taken (a flow can be judged at several stages).",
+        ("verdict",),
+    ),
+    ("egresswatch_flows", "Flows seen (counted at their first decision).", ()),
+    (
+        "egresswatch_payloads",
+        "Decisions by payload type carried (a decision can carry several).",
+        ("payload_type", "verdict"),
+    ),
+    (
+        "egresswatch_blocked",
+        "Block verdicts: verdict=block was stopped, verdict=would-block went on (monitor).",
+        ("verdict",),
+    ),
+    (
+        "egresswatch_alerts",
+        "Decisions that raise an alert (alert, block, would-block), before deduplication.",
+        ("verdict",),
+    ),
+    ("egresswatch_findings", "Sensitive items found in payloads, by kind.", ("kind",)),
+    ("egresswatch_sent_bytes", "Bytes sent by clients to destinations.", ()),
+    ("egresswatch_received_bytes", "Bytes received by clients from destinations.", ()),
+)
+_LATENCY = "egresswatch_decision_duration_seconds"
+_LATENCY_HELP = "Time the inspector took to judge one observation."
+_LATENCY_LE = [floatToGoString(b) for b in LATENCY_BUCKETS] + ["+Inf"]
 
-    flows: Counter
-    decisions: Counter
-    blocked: Counter | None
-    alerts: Counter | None
-    latency: Histogram
+
+class _DecisionCounts(Collector):
+    """The per-decision counters and the latency histogram, kept in plain dicts.
+
+    prometheus_client's counter children cost a wrapper call, a check and a lock
+    each: with seven of them per proxied request they were a third of what the
+    sinks cost in a running mitmdump (docs/performance.md). Here one lock covers a
+    whole decision's counts and the samples are built at scrape time, in the same
+    names, labels and types (``_total`` and ``_created`` included).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: per metric in _COUNTERS order: series -> value, and series -> creation time
+        self.values: tuple[dict[_Key, float], ...] = tuple({} for _ in _COUNTERS)
+        self.created: tuple[dict[_Key, float], ...] = tuple({} for _ in _COUNTERS)
+        #: (sensor, source) -> [count per bucket (not cumulative)..., +Inf, sum]
+        self.latency: dict[tuple[str, str], list[float]] = {}
+        self.latency_created: dict[tuple[str, str], float] = {}
+
+    def add(self, metric: int, key: _Key, amount: float = 1.0) -> None:
+        """Count ``amount`` on one series; the caller holds :attr:`lock`."""
+        values = self.values[metric]
+        value = values.get(key)
+        if value is None:
+            self.created[metric][key] = time.time()
+            values[key] = amount
+        else:
+            values[key] = value + amount
+
+    def observe(self, key: tuple[str, str], seconds: float) -> None:
+        """One latency observation; the caller holds :attr:`lock`."""
+        row = self.latency.get(key)
+        if row is None:
+            row = self.latency[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+            self.latency_created[key] = time.time()
+        row[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: bound >= value
+        row[-1] += seconds
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families(empty=True)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(empty=False)
+
+    def _families(self, empty: bool) -> list[Metric]:
+        with self.lock:
+            values = [dict(v) for v in self.values] if not empty else [{} for _ in _COUNTERS]
+            created = [dict(c) for c in self.created] if not empty else [{} for _ in _COUNTERS]
+            latency = {k: list(v) for k, v in self.latency.items()} if not empty else {}
+            latency_created = dict(self.latency_created)
+        out: list[Metric] = []
+        for i, (name, doc, extra) in enumerate(_COUNTERS):
+            family = CounterMetricFamily(name, doc, labels=[*FLOW_LABELS, *extra])
+            for (labels, more), value in values[i].items():
+                family.add_metric([*labels, *more], value, created=created[i].get((labels, more)))
+            out.append(family)
+        hist = HistogramMetricFamily(_LATENCY, _LATENCY_HELP, labels=["sensor", "source"])
+        for key, row in latency.items():
+            cumulative = 0.0
+            buckets = []
+            for le, count in zip(_LATENCY_LE, row[:-1], strict=True):
+                cumulative += count
+                buckets.append((le, cumulative))
+            hist.add_metric(list(key), buckets, row[-1])
+            if key in latency_created:
+                hist.add_sample(
+                    _LATENCY + "_created",
+                    dict(zip(("sensor", "source"), key, strict=True)),
+                    latency_created[key],
+                )
+        out.append(hist)
+        return out
+
+
+_DECISIONS, _FLOWS, _PAYLOADS, _BLOCKED, _ALERTS, _FINDINGS, _SENT, _RECEIVED = range(8)
 
 
 class Metrics:
@@ -324,36 +431,12 @@ class Metrics:
         self.sensor = sensor_name
         self.known_services = frozenset(known_services)
         self._clock = clock
-        self._lock = threading.Lock()
         # flow_id -> label values of its first decision, for FlowClosed byte counts
         self._flows: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
 
-        self.decisions = counter(
-            "egresswatch_decisions_total",
-            "Decisions taken (a flow can be judged at several stages).",
-            (*FLOW_LABELS, "verdict"),
-        )
-        self.flows = counter(
-            "egresswatch_flows_total", "Flows seen (counted at their first decision).", FLOW_LABELS
-        )
-        self.payloads = counter(
-            "egresswatch_payloads_total",
-            "Decisions by payload type carried (a decision can carry several).",
-            (*FLOW_LABELS, "payload_type", "verdict"),
-        )
-        self.blocked = counter(
-            "egresswatch_blocked_total",
-            "Block verdicts: verdict=block was stopped, verdict=would-block went on (monitor).",
-            (*FLOW_LABELS, "verdict"),
-        )
-        self.alerts = counter(
-            "egresswatch_alerts_total",
-            "Decisions that raise an alert (alert, block, would-block), before deduplication.",
-            (*FLOW_LABELS, "verdict"),
-        )
         self.bypasses = counter(
             "egresswatch_bypass_flows_total",
             "Flows the sniffer saw leave that the proxy never handled (QUIC, DoH, other ports).",
@@ -364,26 +447,10 @@ class Metrics:
             "Alert delivery state changes per channel (delivered, retrying, failed, dropped).",
             ("sensor", "channel", "state"),
         )
-        self.findings = counter(
-            "egresswatch_findings_total",
-            "Sensitive items found in payloads, by kind.",
-            (*FLOW_LABELS, "kind"),
-        )
-        self.sent = counter(
-            "egresswatch_sent_bytes_total", "Bytes sent by clients to destinations.", FLOW_LABELS
-        )
-        self.received = counter(
-            "egresswatch_received_bytes_total",
-            "Bytes received by clients from destinations.",
-            FLOW_LABELS,
-        )
-        self.latency = Histogram(
-            "egresswatch_decision_duration_seconds",
-            "Time the inspector took to judge one observation.",
-            ("sensor", "source"),
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
+        # decisions, flows, payloads, blocked, alerts, findings, bytes and latency:
+        # counted per decision, in plain dicts (see _DecisionCounts)
+        self._counts = _DecisionCounts()
+        registry.register(self._counts)
         self.build_info = Gauge(
             "egresswatch_build_info",
             "Always 1; labels carry the egresswatch and Python versions.",
@@ -391,10 +458,6 @@ class Metrics:
             registry=registry,
         )
         self.build_info.labels(sensor_name, __version__, platform.python_version()).set(1)
-        self._rows: dict[tuple[tuple[str, str, str, str], str], _Row] = {}
-        self._payload_rows: dict[tuple[Any, ...], Counter] = {}
-        self._finding_rows: dict[tuple[Any, ...], Counter] = {}
-        self._byte_rows: dict[tuple[str, str, str, str], tuple[Counter, Counter]] = {}
         self._countries: dict[str | None, str] = {}
         self._store_collector: _StoreCollector | None = None
         self._capture_collector: _CaptureCollector | None = None
@@ -425,74 +488,45 @@ class Metrics:
 
     # -- Sink --------------------------------------------------------------------
 
-    def _children(self, labels: tuple[str, str, str, str], verdict: str, action: Action) -> _Row:
-        # labels() hashes and validates on every call (several µs each): cache the
-        # children per label set, which is bounded like the labels themselves
-        key = (labels, verdict)
-        row = self._rows.get(key)
-        if row is None:
-            row = _Row(
-                flows=self.flows.labels(*labels),
-                decisions=self.decisions.labels(*labels, verdict),
-                blocked=self.blocked.labels(*labels, verdict) if action is Action.BLOCK else None,
-                alerts=self.alerts.labels(*labels, verdict) if action is not Action.ALLOW else None,
-                latency=self.latency.labels(self.sensor, labels[1]),
-            )
-            self._rows[key] = row
-        return row
-
     def record(self, decision: Decision) -> None:
         labels = self._labels(decision)
-        verdict = decision.verdict.label
-        row = self._children(labels, verdict, decision.verdict.action)
-        flow_id = decision.observation.flow_id
-        with self._lock:
-            new_flow = flow_id not in self._flows
-            if new_flow:
-                self._flows[flow_id] = labels
-                if len(self._flows) > FLOW_TABLE_SIZE:
-                    self._flows.popitem(last=False)
-        if new_flow:
-            row.flows.inc()
-        row.decisions.inc()
+        verdict = (decision.verdict.label,)
+        action = decision.verdict.action
         assessment = decision.assessment
-        for payload_type in assessment.payload_types:
-            pkey = (labels, payload_type, verdict)
-            child = self._payload_rows.get(pkey)
-            if child is None:
-                child = self.payloads.labels(*labels, str(payload_type), verdict)
-                self._payload_rows[pkey] = child
-            child.inc()
-        for finding in assessment.findings:
-            fkey = (labels, finding.kind)
-            child = self._finding_rows.get(fkey)
-            if child is None:
-                child = self.findings.labels(*labels, str(finding.kind))
-                self._finding_rows[fkey] = child
-            child.inc()
-        if row.blocked is not None:
-            row.blocked.inc()
-        if row.alerts is not None:
-            row.alerts.inc()
-        row.latency.observe(max(0.0, decision.elapsed))
+        flow_id = decision.observation.flow_id
+        counts = self._counts
+        add = counts.add
+        with counts.lock:
+            flows = self._flows
+            if flow_id not in flows:
+                flows[flow_id] = labels
+                if len(flows) > FLOW_TABLE_SIZE:
+                    flows.popitem(last=False)
+                add(_FLOWS, (labels, ()))
+            add(_DECISIONS, (labels, verdict))
+            for payload_type in assessment.payload_types:
+                add(_PAYLOADS, (labels, (str(payload_type), *verdict)))
+            for finding in assessment.findings:
+                add(_FINDINGS, (labels, (str(finding.kind),)))
+            if action is Action.BLOCK:
+                add(_BLOCKED, (labels, verdict))
+            if action is not Action.ALLOW:
+                add(_ALERTS, (labels, verdict))
+            counts.observe((self.sensor, labels[1]), max(0.0, decision.elapsed))
 
     def flow_closed(self, event: FlowClosed) -> None:
-        with self._lock:
+        counts = self._counts
+        with counts.lock:
             labels = self._flows.pop(event.flow_id, None)
-        if labels is None:
-            labels = (self.sensor, str(event.sensor), OTHER_SERVICE, UNKNOWN_COUNTRY)
-        pair = self._byte_rows.get(labels)
-        if pair is None:
-            # labels() validates and hashes on every call: one lookup per label set instead
-            pair = (self.sent.labels(*labels), self.received.labels(*labels))
-            self._byte_rows[labels] = pair
-        if event.bytes_out > 0:
-            pair[0].inc(event.bytes_out)
-        if event.bytes_in > 0:
-            pair[1].inc(event.bytes_in)
+            if labels is None:
+                labels = (self.sensor, str(event.sensor), OTHER_SERVICE, UNKNOWN_COUNTRY)
+            if event.bytes_out > 0:
+                counts.add(_SENT, (labels, ()), event.bytes_out)
+            if event.bytes_in > 0:
+                counts.add(_RECEIVED, (labels, ()), event.bytes_in)
 
     def close(self) -> None:
-        with self._lock:
+        with self._counts.lock:
             self._flows.clear()
 
     # -- other sources -----------------------------------------------------------
