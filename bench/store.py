@@ -6,7 +6,9 @@ same rows into the same schema (the floor SQLite itself sets), and through
 ``StoreWriter`` to a PostgreSQL server started from the Debian package (or
 ``--pg-url``). Goal: >= 50,000 decisions/s to SQLite. Decision ids and times
 are the ones sensors produce (a per-process prefix and a counter, in time order);
-``--ids random`` shows the worst case, uuid4 ids at random times.
+``--ids random`` shows the worst case, uuid4 ids at random times. The SQLite write
+rates are the median of ``--rounds`` (3) rounds, writer and raw alternating; the
+prebuilt decisions are frozen out of the garbage collector first (see part1).
 
 Part 2 grows one SQLite database to each ``--sizes`` (flows spread over 30
 days, so "the last 24 h" holds 1/30 of them) and times what ``egresswatch
