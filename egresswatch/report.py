@@ -48,6 +48,7 @@ from egresswatch.store import (
     top_clients,
     verdicts_over_time,
 )
+from egresswatch.store.hashagg import Agg, grouped
 from egresswatch.store.rows import split_set
 
 VERDICTS = ("allow", "alert", "would-block", "block")
@@ -194,6 +195,31 @@ def _counts(by_verdict: dict[str, int], bytes_out: int, bytes_in: int) -> Verdic
 def _cell_scan(store: Store, flt: FlowFilter) -> list[tuple[Any, ...]]:
     """(service id, name, operator country, country, payload-type set, verdict, flows,
     bytes out, bytes in, first ts) per stored combination in the period."""
+    if store.dialect == "sqlite":
+        # SQLite sorts every row for a GROUP BY on four text keys (~1 s of CPU for a
+        # day at 10 million flows); upserts into a table of the groups take half that
+        source = flt.apply(
+            select(
+                Flow.service_id,
+                Flow.country,
+                Flow.payload_types,
+                Flow.verdict,
+                Flow.service_name,
+                Flow.operator_country,
+                Flow.ts,
+                Flow.bytes_out,
+                Flow.bytes_in,
+                Flow.ts,
+            )
+        )
+        aggs: tuple[Agg, ...] = ("max", "max", "count", "sum", "sum", "min")
+        with store.connect() as conn:
+            return [
+                (sid, sname, opc, country, ptypes, verdict, n, bout or 0, bin_ or 0, ts_min)
+                for sid, country, ptypes, verdict, sname, opc, n, bout, bin_, ts_min in grouped(
+                    conn, source, 4, aggs
+                )
+            ]
     stmt = flt.apply(
         select(
             Flow.service_id,
