@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from egresswatch.errors import EgressWatchError
 
@@ -226,7 +226,7 @@ class NetnsSet:
         if errors:
             raise NetnsError("teardown: " + "; ".join(errors))
 
-    def __enter__(self) -> NetnsSet:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
