@@ -10,6 +10,8 @@ import pytest
 from conftest import is_root
 from helpers.lab import INTERNET_V4, Lab, LabError, internet_lab, lab_fixture, transparent_ruleset
 
+from egresswatch.netns import NetnsError, NetnsSet
+
 pytestmark = [pytest.mark.root, pytest.mark.skipif(not is_root(), reason="needs root")]
 
 net = lab_fixture("lt")
@@ -41,6 +43,17 @@ def test_internet_lab_routes_only_documentation_ranges(net) -> None:  # type: ig
     # A closed port answers with a reset: routed. Anything else has no route at all.
     assert _connect(net, INTERNET_V4["de"]) == "ConnectionRefusedError"
     assert _connect(net, "198.18.0.1") == "OSError:101"  # ENETUNREACH
+
+
+def test_lab_is_the_verify_plumbing_with_numbered_veths(net) -> None:  # type: ignore[no-untyped-def]
+    # The teardown the tests rely on is egresswatch verify's own (egresswatch.netns).
+    assert isinstance(net.lab, NetnsSet) and LabError is NetnsError
+    tag = net.lab.tag
+    assert net.client_iface == f"{tag}v1"  # client <-> gateway: v0/v1, gateway <-> internet: v2/v3
+    gw_links = net.lab.sh("ip", "-o", "link", "show", ns=net.gateway).stdout
+    assert f"{tag}v1@" in gw_links and f"{tag}v2@" in gw_links
+    hosts = Path(f"/etc/netns/{net.client}/hosts").read_text()
+    assert hosts.startswith("127.0.0.1 localhost\n::1 localhost\n")
 
 
 def _connect(net, addr: str) -> str:  # type: ignore[no-untyped-def]

@@ -2,32 +2,36 @@
 
 Reusable by every sensor's tests (proxy, sniffer, verify)::
 
-    with Lab("px") as lab:                       # names: px<pid>-<role>, veths px<pid><n>
+    with Lab("px") as lab:                       # names: px<pid>-<role>, veths px<pid>v<n>
         ns = lab.netns("inet")
         lab.add_addr(ns, "203.0.113.10/32")
         proc = lab.spawn(ns, [sys.executable, "server.py"], ready="READY")
     # namespaces, veths, nft tables, /etc/netns files and processes are gone here,
     # also when the body raised.
 
+:class:`Lab` is :class:`egresswatch.netns.NetnsSet`, the plumbing under
+``egresswatch verify``: it builds, records (``lab.commands``) and removes the
+namespaces, veths, nft tables, /etc/netns files and processes, so the tests exercise
+the same teardown the product relies on. Lab adds only what tests want on top:
+numbered veths, /etc/hosts from a name map, sysctl, servers that print a ready line
+and a wait for a listening port.
+
 :func:`internet_lab` builds the three-namespace layout of ``lab-notes.md``
 (client -> gateway -> "internet"), with the gateway given **no default route**, so
 nothing from the lab can reach the host's real network.
-
-All commands go through :meth:`Lab.sh`, which records them (``lab.commands``) so a
-test can check exactly what was run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from egresswatch.netns import NetnsError, NetnsSet
 
 #: documentation addresses (RFC 5737 / RFC 3849) put on the "internet" namespace's lo;
 #: the lab GeoIP database maps them: 203.0.113/24 CN, 198.51.100/24 US, 192.0.2/24 DE.
@@ -36,92 +40,45 @@ INTERNET_V6 = {"cn": "2001:db8:1::10", "us": "2001:db8:2::20", "de": "2001:db8:3
 DOC_ROUTES_V4 = ("203.0.113.0/24", "198.51.100.0/24", "192.0.2.0/24")
 DOC_ROUTES_V6 = ("2001:db8:1::/48", "2001:db8:2::/48", "2001:db8:3::/48")
 
-
-class LabError(RuntimeError):
-    pass
+#: what a failed lab step raises (every command runs through NetnsSet.sh)
+LabError = NetnsError
 
 
 @dataclass
-class Lab:
-    """Owns namespaces, nft tables, /etc/netns files and processes; removes them on close."""
+class Lab(NetnsSet):
+    """A NetnsSet with test conveniences; removes everything it made on close."""
 
     prefix: str = "lab"
-    tag: str = ""
-    commands: list[list[str]] = field(default_factory=list)
-    namespaces: list[str] = field(default_factory=list)
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    tables: list[tuple[str, str]] = field(default_factory=list)
     _veths: int = 0
 
-    def __post_init__(self) -> None:
-        # Unique per run, short enough for 15-character interface names (IFNAMSIZ - 1).
-        self.tag = self.tag or f"{self.prefix}{os.getpid() % 100000}"
-        if len(self.tag) > 11:
-            raise LabError(f"lab tag too long for interface names: {self.tag!r}")
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def sh(
-        self,
-        *argv: str,
-        ns: str | None = None,
-        input: str | None = None,
-        check: bool = True,
-        timeout: float = 20,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run one command (in namespace ``ns``); the only place this module shells out."""
-        cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-        self.commands.append(cmd)
-        res = subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
-        if check and res.returncode != 0:
-            raise LabError(f"{' '.join(cmd)} -> {res.returncode}: {res.stderr.strip()}")
-        return res
-
-    def netns(self, role: str) -> str:
-        name = f"{self.tag}-{role}"
-        self.sh("ip", "netns", "add", name)
-        self.namespaces.append(name)
-        self.sh("ip", "-n", name, "link", "set", "lo", "up")
-        return name
-
-    def veth(self, ns_a: str, ns_b: str) -> tuple[str, str]:
-        """A veth pair created directly inside the two namespaces (never in the root one)."""
-        a, b = f"{self.tag}v{self._veths}", f"{self.tag}v{self._veths + 1}"
-        self._veths += 2
-        self.sh(
-            "ip", "-n", ns_a, "link", "add", a, "type", "veth", "peer", "name", b, "netns", ns_b
-        )
-        self.sh("ip", "-n", ns_a, "link", "set", a, "up")
-        self.sh("ip", "-n", ns_b, "link", "set", b, "up")
-        return a, b
+    def veth(self, ns_a: str, ns_b: str) -> tuple[str, str]:  # type: ignore[override]
+        """A veth pair ``<tag>v<n>``, ``<tag>v<n+1>`` created directly inside the two namespaces."""
+        n, self._veths = self._veths, self._veths + 2
+        return super().veth(ns_a, f"v{n}", ns_b, f"v{n + 1}")
 
     def add_addr(self, ns: str, cidr: str, dev: str = "lo") -> None:
-        extra = ["nodad"] if ":" in cidr else []
-        self.sh("ip", "-n", ns, "addr", "add", cidr, "dev", dev, *extra)
-
-    def route(self, ns: str, dst: str, via: str) -> None:
-        self.sh("ip", "-n", ns, "route", "add", dst, "via", via)
+        """Add an address (by default to the namespace's loopback)."""
+        self.addr(ns, cidr, dev)
 
     def sysctl(self, ns: str, key: str, value: str) -> None:
+        """Set one sysctl inside ``ns`` (per-namespace keys such as ip_forward)."""
         self.sh("sysctl", "-qw", f"{key}={value}", ns=ns)
 
-    def etc(self, ns: str, hosts: dict[str, str]) -> None:
-        """Per-namespace /etc/hosts and resolv.conf (``ip netns exec`` bind-mounts /etc/netns/NS).
+    def etc(self, ns: str, hosts: Mapping[str, str]) -> None:
+        """Per-namespace /etc/hosts (``hosts``: name -> address) and resolv.conf.
 
         resolv.conf points at loopback, so a name missing from ``hosts`` fails locally
         instead of producing a DNS query towards a real resolver.
         """
-        d = Path("/etc/netns") / ns
-        d.mkdir(parents=True, exist_ok=True)
         lines = ["127.0.0.1 localhost", "::1 localhost"]
         lines += [f"{addr} {name}" for name, addr in hosts.items()]
-        (d / "hosts").write_text("\n".join(lines) + "\n")
-        (d / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-
-    def nft(self, ns: str, ruleset: str, table: str, family: str = "inet") -> None:
-        """Load a ruleset that defines ``table``; close() deletes the table (one command)."""
-        self.sh("nft", "-f", "-", ns=ns, input=ruleset)
-        self.tables.append((ns, f"{family} {table}"))
+        super().etc(
+            ns,
+            {
+                "hosts": "\n".join(lines) + "\n",
+                "resolv.conf": "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            },
+        )
 
     def spawn(
         self,
@@ -133,31 +90,26 @@ class Lab:
         log: Path | None = None,
         timeout: float = 30,
     ) -> subprocess.Popen[bytes]:
-        """Start a process (in ``ns``); if ``ready`` is given, wait for that line on stdout."""
-        cmd = ["ip", "netns", "exec", ns, *argv] if ns else list(argv)
-        self.commands.append(cmd)
-        out = subprocess.PIPE if ready else (log.open("wb") if log else subprocess.DEVNULL)
-        proc = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT if ready else (out if log else subprocess.DEVNULL),
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-        self.procs.append(proc)
-        if ready:
-            assert proc.stdout is not None
-            seen: list[bytes] = []
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                seen.append(line)
-                if ready.encode() in line:
-                    return proc
-            raise LabError(f"{argv[0]} not ready: {b''.join(seen[-20:]).decode(errors='replace')}")
-        return proc
+        """Start a process (in ``ns``); if ``ready`` is given, wait for that line on stdout.
+
+        Without ``ready`` the output goes to ``log`` (or nowhere).
+        """
+        full_env = {**os.environ, **(env or {})}
+        if not ready:
+            with log.open("wb") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+                return self.popen(ns, argv, env=full_env, stdout=out, stderr=out)
+        proc = self.popen(ns, argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        seen: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if ready.encode() in line:
+                return proc
+        raise LabError(f"{argv[0]} not ready: {b''.join(seen[-20:]).decode(errors='replace')}")
 
     def wait_listen(
         self,
@@ -179,53 +131,6 @@ class Lab:
                 raise LabError(f"process exited with {proc.returncode} before listening")
             time.sleep(0.05)
         raise LabError(f"nothing listens on port {port} in {ns or 'root ns'}")
-
-    # -- teardown -------------------------------------------------------------------------
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5) -> None:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # its own session: only what we started
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-
-    def close(self) -> None:
-        errors: list[str] = []
-        for proc in reversed(self.procs):
-            try:
-                self.stop(proc)
-            except Exception as e:  # keep tearing down
-                errors.append(f"stop {proc.args}: {e}")
-        self.procs.clear()
-        for ns, table in reversed(self.tables):
-            self.sh("nft", "delete", "table", *table.split(), ns=ns, check=False)
-        self.tables.clear()
-        for ns in reversed(self.namespaces):
-            # Anything still running in the namespace was started by this lab.
-            pids = self.sh("ip", "netns", "pids", ns, check=False).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            res = self.sh("ip", "netns", "del", ns, check=False)
-            if res.returncode != 0:
-                errors.append(res.stderr.strip())
-            shutil.rmtree(Path("/etc/netns") / ns, ignore_errors=True)
-        self.namespaces.clear()
-        if errors:
-            raise LabError("; ".join(errors))
-
-    def __enter__(self) -> Lab:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 @dataclass
@@ -260,12 +165,12 @@ def internet_lab(
         lab.add_addr(gw, "10.77.1.1/24", gc_if)
         lab.add_addr(gw, "10.77.2.1/24", gi_if)
         lab.add_addr(inet, "10.77.2.2/24", i_if)
-        lab.sh("ip", "-n", client, "route", "add", "default", "via", "10.77.1.1")
-        lab.route(inet, "10.77.1.0/24", "10.77.2.1")
+        lab.route(client, "default", "via", "10.77.1.1")
+        lab.route(inet, "10.77.1.0/24", "via", "10.77.2.1")
         for addr in INTERNET_V4.values():
             lab.add_addr(inet, f"{addr}/32")
         for dst in DOC_ROUTES_V4:
-            lab.route(gw, dst, "10.77.2.2")
+            lab.route(gw, dst, "via", "10.77.2.2")
         if v6:
             lab.add_addr(client, "fd77:1::2/64", c_if)
             lab.add_addr(gw, "fd77:1::1/64", gc_if)
