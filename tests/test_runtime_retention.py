@@ -25,7 +25,7 @@ from egresswatch.model import Decision
 from egresswatch.runtime import Settings, build_sinks
 from egresswatch.store import FlowFilter, open_store, query_flows
 from egresswatch.store.retention import DAY, Retention
-from egresswatch.store.schema import PayloadExcerptRow
+from egresswatch.store.schema import PAYLOAD_EXCERPTS
 
 pg_server = pg_helpers.pg_server
 store_url = pg_helpers.store_url
@@ -82,8 +82,8 @@ def test_build_sinks_passes_retention_and_raw_bodies_and_prunes_old_flows(
             ids = {r.decision_id for r in query_flows(store, FlowFilter())}
         assert old.id not in ids
         assert new.id in ids
-        with store.session() as s:
-            rows = {r.decision_id: bytes(r.body) for r in s.scalars(select(PayloadExcerptRow))}
+        with store.connect() as conn:
+            rows = {r.decision_id: bytes(r.body) for r in conn.execute(select(PAYLOAD_EXCERPTS))}
         assert rows == {new.id: BODY[:10]}  # the old one went with its flow
     finally:
         sinks.close()
@@ -102,8 +102,8 @@ def test_default_settings_store_no_body(tmp_path: Path) -> None:
         sinks.close()
     store = open_store(url)
     try:
-        with store.session() as s:
-            assert s.scalars(select(PayloadExcerptRow)).all() == []
+        with store.connect() as conn:
+            assert conn.execute(select(PAYLOAD_EXCERPTS)).all() == []
         assert len(query_flows(store, FlowFilter())) == 1
     finally:
         store.close()
@@ -262,8 +262,8 @@ def test_real_proxy_stores_a_raw_body_only_when_asked(
     store = open_store(f"sqlite:///{db}")
     try:
         flows = query_flows(store, FlowFilter())
-        with store.session() as s:
-            rows = s.scalars(select(PayloadExcerptRow)).all()
+        with store.connect() as conn:
+            rows = conn.execute(select(PAYLOAD_EXCERPTS)).all()
             kept = [(r.decision_id, bytes(r.body), r.truncated, r.content_type) for r in rows]
     finally:
         store.close()

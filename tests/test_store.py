@@ -46,7 +46,7 @@ from egresswatch.store import (
 from egresswatch.store.engine import SCHEMA_HEAD, _alembic_config, head_revision
 from egresswatch.store.retention import Retention, prune
 from egresswatch.store.rows import redact_path
-from egresswatch.store.schema import Base
+from egresswatch.store.schema import FINDINGS, FLOWS, metadata
 from egresswatch.store.writer import DnsAnswer
 
 # fixtures shared with the other store tests
@@ -75,7 +75,7 @@ def test_open_migrates_to_head_and_models_match_migrations(store: Store) -> None
     assert info.revision == head_revision() == SCHEMA_HEAD == "0005"
     assert (info.flows, info.findings, info.alerts, info.dns_answers) == (0, 0, 0, 0)
     with store.engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == [], f"schema.py and the migrations disagree: {diff}"
 
 
@@ -189,8 +189,8 @@ def test_decisions_are_stored_with_privacy_rules(store: Store, tmp_path: Path) -
     assert r.bytes_out == o.bytes_out and r.bytes_in == o.bytes_in
     assert rows[decisions[3].id].verdict == "would-block"
     assert rows[decisions[3].id].findings == 2
-    with store.session() as s:
-        found = s.scalars(select(FindingRow).order_by(FindingRow.seq)).all()
+    with store.connect() as conn:
+        found = conn.execute(select(FINDINGS).order_by(FindingRow.seq)).all()
     assert [(f.decision_id, f.seq, f.kind, f.redacted) for f in found] == [
         (decisions[3].id, 0, "email", "j***@example.com"),
         (decisions[3].id, 1, "email", "j***@example.com"),
@@ -588,7 +588,7 @@ def test_count_helpers_agree_with_sql(store: Store, tmp_path: Path) -> None:
         w.record(make_decision(i))
     w.close()
     with store.connect() as conn:
-        assert conn.execute(select(func.count()).select_from(Flow)).scalar_one() == 30
+        assert conn.execute(select(func.count()).select_from(FLOWS)).scalar_one() == 30
     assert count_flows(store) == 30 == store.info().flows
 
 

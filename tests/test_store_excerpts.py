@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -24,10 +25,10 @@ from helpers.storedata import make_decision
 from sqlalchemy import LargeBinary, String, Text, create_engine, select, text
 
 from egresswatch.model import Decision
-from egresswatch.store import Base, FlowFilter, Store, open_store, query_flows
+from egresswatch.store import FlowFilter, Store, metadata, open_store, query_flows
 from egresswatch.store.engine import _alembic_config
 from egresswatch.store.retention import DAY, Retention, apply, prune
-from egresswatch.store.schema import Flow, PayloadExcerptRow
+from egresswatch.store.schema import PAYLOAD_EXCERPTS, Flow
 
 pg_server = pg_helpers.pg_server
 store_url = pg_helpers.store_url
@@ -55,10 +56,9 @@ def with_body(
     return dataclasses.replace(d, assessment=dataclasses.replace(d.assessment, observation=obs))
 
 
-def excerpts(store: Store) -> dict[str, PayloadExcerptRow]:
-    with store.session() as s:
-        rows = s.scalars(select(PayloadExcerptRow)).all()
-        s.expunge_all()
+def excerpts(store: Store) -> dict[str, Any]:
+    with store.connect() as conn:
+        rows = conn.execute(select(PAYLOAD_EXCERPTS)).all()
     return {r.decision_id: r for r in rows}
 
 
@@ -77,7 +77,7 @@ def every_stored_value(store: Store) -> list[bytes]:
     """Every text and binary value in every table of the schema, as bytes."""
     out: list[bytes] = []
     with store.connect() as conn:
-        for table in Base.metadata.sorted_tables:
+        for table in metadata.sorted_tables:
             cols = [c for c in table.columns if isinstance(c.type, String | Text | LargeBinary)]
             for row in conn.execute(select(*cols)):
                 for v in row:
@@ -226,8 +226,8 @@ def test_upgrade_from_0004_keeps_data_and_adds_the_table(store_url: str) -> None
         assert store.revision() == "0005"
         assert [r.decision_id for r in query_flows(store, FlowFilter())] == ["old4"]
         assert excerpts(store) == {}
-        with store.session() as s:
-            assert s.scalars(select(Flow.bytes_out)).all() == [10]
+        with store.connect() as conn:
+            assert conn.execute(select(Flow.bytes_out)).scalars().all() == [10]
     finally:
         store.close()
 

@@ -179,13 +179,13 @@ def excerpt(db: str | None, decision_id: str, raw: bool, as_json: bool) -> None:
     """
     from sqlalchemy import select
 
-    from egresswatch.store.schema import PayloadExcerptRow
+    from egresswatch.store.schema import PAYLOAD_EXCERPTS, PayloadExcerptRow
 
     store = open_store(db, must_exist=True)
     try:
-        with store.session() as session:
-            row = session.scalars(
-                select(PayloadExcerptRow).where(PayloadExcerptRow.decision_id == decision_id)
+        with store.connect() as conn:
+            row = conn.execute(
+                select(PAYLOAD_EXCERPTS).where(PayloadExcerptRow.decision_id == decision_id)
             ).first()
             if row is None:
                 raise NoExcerptError(

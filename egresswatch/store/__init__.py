@@ -10,8 +10,9 @@ Public API (names are stable; the report, metrics and alert modules use them)::
     insert_alert(store, AlertRecord(...)); update_alert(store, id, delivery_state=...)
     prune(store, flows_older_than=30 * 86400, findings_older_than=7 * 86400)
 
-The ORM models (``Flow``, ``FindingRow``, ``AlertRow``, ``DnsAnswerRow``) and
-``store.session()`` / ``store.connect()`` are there for anything else.
+The tables (``FLOWS``, ``FINDINGS``, ``ALERTS``, ``DNS_ANSWERS``, and ``metadata``),
+their columns (``Flow.ts``, ``FindingRow.kind`` ...) and ``store.connect()`` are there
+for anything else.
 """
 
 from __future__ import annotations
@@ -39,13 +40,26 @@ from egresswatch.store.queries import (
     update_alert,
     verdicts_over_time,
 )
-from egresswatch.store.schema import AlertRow, Base, DnsAnswerRow, FindingRow, Flow
+from egresswatch.store.schema import (
+    ALERTS,
+    DNS_ANSWERS,
+    FINDINGS,
+    FLOWS,
+    AlertRow,
+    DnsAnswerRow,
+    FindingRow,
+    Flow,
+    metadata,
+)
 
 __all__ = [
+    "ALERTS",
+    "DNS_ANSWERS",
+    "FINDINGS",
+    "FLOWS",
     "AlertCount",
     "AlertRecord",
     "AlertRow",
-    "Base",
     "ClientRow",
     "DnsAnswerRow",
     "EgressRow",
@@ -65,6 +79,7 @@ __all__ = [
     "insert_alert",
     "latest_flow_id",
     "list_alerts",
+    "metadata",
     "open_store",
     "query_flows",
     "since_ago",

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Connection, Engine, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 from egresswatch.errors import StoreError
-from egresswatch.store.schema import AlertRow, DnsAnswerRow, FindingRow, Flow
+from egresswatch.store.schema import ALERTS, DNS_ANSWERS, FINDINGS, FLOWS, Flow
 
 if TYPE_CHECKING:
     from egresswatch.store.retention import Retention
@@ -134,12 +133,11 @@ class StoreInfo:
 
 
 class Store:
-    """An open database: an engine, a session factory, and the writer that feeds it."""
+    """An open database: an engine, and the writer that feeds it."""
 
     def __init__(self, url: str, engine: Engine) -> None:
         self.url = url
         self.engine = engine
-        self.sessions = sessionmaker(engine, expire_on_commit=False)
 
     @property
     def dialect(self) -> str:
@@ -157,10 +155,6 @@ class Store:
             return None
         database = make_url(self.url).database
         return Path(database) if database and database != ":memory:" else None
-
-    def session(self) -> Session:
-        """A new ORM session (``with store.session() as s: ...``)."""
-        return self.sessions()
 
     @contextlib.contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -225,12 +219,12 @@ class Store:
         with self.connect() as conn:
             rev = current_revision(conn)
             counts = {
-                name: conn.execute(select(func.count()).select_from(model)).scalar_one()
-                for name, model in (
-                    ("flows", Flow),
-                    ("findings", FindingRow),
-                    ("alerts", AlertRow),
-                    ("dns_answers", DnsAnswerRow),
+                name: conn.execute(select(func.count()).select_from(table)).scalar_one()
+                for name, table in (
+                    ("flows", FLOWS),
+                    ("findings", FINDINGS),
+                    ("alerts", ALERTS),
+                    ("dns_answers", DNS_ANSWERS),
                 )
             }
             oldest, newest = conn.execute(select(func.min(Flow.ts), func.max(Flow.ts))).one()

@@ -29,7 +29,7 @@ from sqlalchemy import (
 
 from egresswatch.store.engine import Store
 from egresswatch.store.rows import split_set
-from egresswatch.store.schema import AlertRow, FindingRow, Flow
+from egresswatch.store.schema import ALERTS, FLOWS, AlertRow, FindingRow, Flow
 
 #: what ``--service none`` matches: flows to no catalogued service
 NO_SERVICE = "none"
@@ -153,7 +153,7 @@ class FlowRow:
         return d
 
 
-_FLOW_COLUMNS = [c.name for c in Flow.__table__.columns]
+_FLOW_COLUMNS = [c.name for c in FLOWS.columns]
 
 
 def _flow_row(mapping: Any) -> FlowRow:
@@ -171,7 +171,7 @@ def query_flows(
     newest_first: bool = True,
 ) -> list[FlowRow]:
     """Flows matching ``flt``, newest first (or oldest first, for ``tail``)."""
-    table = Flow.__table__
+    table = FLOWS
     # ts alone (not ts, id): the time index then yields rows already in order and
     # a LIMIT stops the scan early; a second sort key would sort every match first
     order = (table.c.ts.desc(),) if newest_first else (table.c.id.asc(),)
@@ -191,7 +191,7 @@ def latest_flow_id(store: Store) -> int:
 def count_flows(store: Store, flt: FlowFilter = FlowFilter()) -> int:
     """How many flows match ``flt``."""
     with store.connect() as conn:
-        return conn.execute(flt.apply(select(func.count()).select_from(Flow))).scalar_one()
+        return conn.execute(flt.apply(select(func.count()).select_from(FLOWS))).scalar_one()
 
 
 @dataclass(frozen=True, slots=True)
@@ -384,7 +384,7 @@ def insert_alert(store: Store, alert: AlertRecord) -> int:
     if values["last_ts"] is None:
         values["last_ts"] = values["ts"]
     with store.connect() as conn:
-        result = conn.execute(insert(AlertRow).values(**values).returning(AlertRow.id))
+        result = conn.execute(insert(ALERTS).values(**values).returning(AlertRow.id))
         return int(result.scalar_one())
 
 
@@ -415,14 +415,14 @@ def update_alert(
     if not changes:
         return
     with store.connect() as conn:
-        conn.execute(update(AlertRow).where(AlertRow.id == alert_id).values(**changes))
+        conn.execute(update(ALERTS).where(AlertRow.id == alert_id).values(**changes))
 
 
 def list_alerts(
     store: Store, since: float | None = None, until: float | None = None, limit: int | None = 100
 ) -> list[AlertRecord]:
     """Alerts, newest first."""
-    table = AlertRow.__table__
+    table = ALERTS
     stmt = select(table)
     if since is not None:
         stmt = stmt.where(table.c.ts >= since)

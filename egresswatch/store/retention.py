@@ -18,11 +18,11 @@ from sqlalchemy import delete, func, select
 
 from egresswatch.store.engine import Store
 from egresswatch.store.schema import (
-    AlertRow,
-    DnsAnswerRow,
-    FindingRow,
-    Flow,
-    PayloadExcerptRow,
+    ALERTS,
+    DNS_ANSWERS,
+    FINDINGS,
+    FLOWS,
+    PAYLOAD_EXCERPTS,
 )
 
 DAY = 86_400.0
@@ -98,30 +98,30 @@ def prune(
         excerpts_older_than = min(excerpts_older_than, flows_older_than)
     # excerpts first: the most sensitive rows never outlive their flow, even between chunks
     plan = (
-        ("excerpts", PayloadExcerptRow, excerpts_older_than),
-        ("flows", Flow, flows_older_than),
-        ("findings", FindingRow, findings_older_than),
-        ("alerts", AlertRow, alerts_older_than),
-        ("dns_answers", DnsAnswerRow, dns_older_than),
+        ("excerpts", PAYLOAD_EXCERPTS, excerpts_older_than),
+        ("flows", FLOWS, flows_older_than),
+        ("findings", FINDINGS, findings_older_than),
+        ("alerts", ALERTS, alerts_older_than),
+        ("dns_answers", DNS_ANSWERS, dns_older_than),
     )
     counts: dict[str, int] = {}
-    for name, model, age in plan:
+    for name, table, age in plan:
         if age is None:
             counts[name] = 0
             continue
         cutoff = now - age
         if dry_run:
             with store.connect() as conn:
-                stmt = select(func.count()).select_from(model).where(model.ts < cutoff)
+                stmt = select(func.count()).select_from(table).where(table.c.ts < cutoff)
                 counts[name] = int(conn.execute(stmt).scalar_one())
             continue
         # in chunks, one transaction each: a writer waiting for the lock (SQLite) gets
         # its turn between chunks instead of timing out and spilling
         total = 0
         while True:
-            ids = select(model.id).where(model.ts < cutoff).limit(PRUNE_CHUNK)
+            ids = select(table.c.id).where(table.c.ts < cutoff).limit(PRUNE_CHUNK)
             with store.connect() as conn:
-                deleted = int(conn.execute(delete(model).where(model.id.in_(ids))).rowcount or 0)
+                deleted = int(conn.execute(delete(table).where(table.c.id.in_(ids))).rowcount or 0)
             total += deleted
             if deleted < PRUNE_CHUNK:
                 break

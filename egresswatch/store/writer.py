@@ -44,9 +44,9 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Connection, Table, insert
+from sqlalchemy import Connection, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
 from egresswatch.errors import StoreError
@@ -61,16 +61,16 @@ from egresswatch.store.rows import (
     finding_rows,
     flow_values,
 )
-from egresswatch.store.schema import DnsAnswerRow, FindingRow, PayloadExcerptRow
+from egresswatch.store.schema import DNS_ANSWERS, FINDINGS, PAYLOAD_EXCERPTS
 from egresswatch.store.spill import SpillJournal
 from egresswatch.store.sqlmany import ManyRows, max_variables, values_sql
 
 log = logging.getLogger("egresswatch.store")
 
-_FINDINGS = cast(Table, FindingRow.__table__)
-_DNS = cast(Table, DnsAnswerRow.__table__)
+_FINDINGS = FINDINGS
+_DNS = DNS_ANSWERS
 FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
-_EXCERPTS = cast(Table, PayloadExcerptRow.__table__)
+_EXCERPTS = PAYLOAD_EXCERPTS
 EXCERPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _EXCERPTS.columns if c.name != "id")
 
 #: journals (writers sharing one base path) at most, see _claim_journal

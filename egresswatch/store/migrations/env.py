@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from egresswatch.store.schema import Base
+from egresswatch.store.schema import metadata
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_online() -> None:
