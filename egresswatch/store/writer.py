@@ -67,11 +67,8 @@ from egresswatch.store.sqlmany import ManyRows, max_variables, values_sql
 
 log = logging.getLogger("egresswatch.store")
 
-_FINDINGS = FINDINGS
-_DNS = DNS_ANSWERS
-FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in _FINDINGS.columns if c.name != "id")
-_EXCERPTS = PAYLOAD_EXCERPTS
-EXCERPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in _EXCERPTS.columns if c.name != "id")
+FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in FINDINGS.columns if c.name != "id")
+EXCERPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in PAYLOAD_EXCERPTS.columns if c.name != "id")
 
 #: journals (writers sharing one base path) at most, see _claim_journal
 MAX_JOURNAL_SLOTS = 32
@@ -702,7 +699,7 @@ class StoreWriter:
             if excerpts:
                 conn.exec_driver_sql(self._insert_excerpts, excerpts)
             if dns:
-                conn.execute(insert(_DNS), dns)
+                conn.execute(insert(DNS_ANSWERS), dns)
             closed = self._apply_closes(conn, closes) if closes else []
         for key in used:  # only now: a failed transaction must not lose a waiting close
             pending.pop(key, None)
