@@ -115,7 +115,6 @@ def _endpoints(addr: str, port: int) -> list[str]:
 _NETLINK_SOCK_DIAG = 4
 _SOCK_DIAG_BY_FAMILY = 20
 _NLM_F_REQUEST = 1
-_NLMSG_ERROR = 2
 _TCPF_ALL = 0xFFF
 _NLMSG_HDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _DIAG_REQ = struct.Struct("=BBBxI")  # family, protocol, ext, pad, states
