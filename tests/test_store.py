@@ -7,6 +7,7 @@ The PostgreSQL server comes from the Debian package, started by the fixture on
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 import time
@@ -189,6 +190,21 @@ def test_decisions_are_stored_with_privacy_rules(store: Store, tmp_path: Path) -
     assert r.bytes_out == o.bytes_out and r.bytes_in == o.bytes_in
     assert rows[decisions[3].id].verdict == "would-block"
     assert rows[decisions[3].id].findings == 2
+    # missing values are NULL (the SQLite writer binds them as NaN, which SQLite stores
+    # as NULL; store/rows.py SQLITE_NULL), never a number or a text
+    assert r.dns_name is None and r.duration is None and r.status is None
+    with store.connect() as conn:
+        nulls = conn.execute(
+            select(func.count()).where(
+                Flow.dns_name.is_(None), Flow.closed_ts.is_(None), Flow.geo_label.is_(None)
+            )
+        ).scalar()
+        assert nulls == 120
+        if store.dialect == "sqlite":
+            kinds = conn.exec_driver_sql(
+                "SELECT DISTINCT typeof(dns_name), typeof(duration), typeof(client_pid) FROM flows"
+            ).all()
+            assert [tuple(k) for k in kinds] == [("null", "null", "null")]
     with store.connect() as conn:
         found = conn.execute(select(FINDINGS).order_by(FindingRow.seq)).all()
     assert [(f.decision_id, f.seq, f.kind, f.redacted) for f in found] == [
@@ -567,6 +583,10 @@ def test_sqlite_locked_beyond_timeout_spills_and_replays(
         journal = tmp_path / "spill.jsonl"
         assert stat.S_IMODE(journal.stat().st_mode) == 0o600
         assert "sk-secret" not in journal.read_text()
+        # SQLite's stand-in for a missing value (NaN) never reaches the journal
+        first = json.loads(journal.read_text().splitlines()[0])["flow"]
+        assert first["dns_name"] is None and first["closed_ts"] is None
+        assert "NaN" not in journal.read_text()
     finally:
         blocker.rollback()
         blocker.close()

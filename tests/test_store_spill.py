@@ -10,8 +10,18 @@ from helpers.storedata import make_decision
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egresswatch.store.rows import FLOW_COLUMNS, REDACTED, flow_row, flow_values, redact_path
-from egresswatch.store.schema import FLOWS
+from egresswatch.store.rows import (
+    FINDING_COLUMNS,
+    FLOW_COLUMNS,
+    REDACTED,
+    SQLITE_NULL,
+    finding_rows,
+    finding_values,
+    flow_row,
+    flow_values,
+    redact_path,
+)
+from egresswatch.store.schema import FINDINGS, FLOWS
 from egresswatch.store.spill import SpillJournal
 
 
@@ -83,10 +93,31 @@ def test_flow_columns_follow_the_table() -> None:
     assert tuple(c.name for c in FLOWS.columns if c.name != "id") == FLOW_COLUMNS
 
 
+def test_finding_columns_follow_the_table_and_the_rows() -> None:
+    assert tuple(c.name for c in FINDINGS.columns if c.name != "id") == FINDING_COLUMNS
+    d = make_decision(1, findings=2)
+    rows = finding_rows(d)
+    assert len(rows) == 2 and all(tuple(r) == FINDING_COLUMNS for r in rows)
+    assert finding_values(d) == tuple(tuple(r.values()) for r in rows)
+
+
 def test_long_network_strings_are_clipped_to_column_size() -> None:
     d = make_decision(1, path="/" + "a" * 5000)
     values = dict(zip(FLOW_COLUMNS, flow_values(d), strict=True))
     assert len(values["path"]) == 2048 and values["path"].endswith("…")
+
+
+def test_absent_stands_for_every_missing_value_and_only_for_those() -> None:
+    # the SQLite writer's rows: NaN where None would be, everything else the same
+    d = make_decision(1, path="/" + "a" * 5000)
+    plain = flow_values(d)
+    sqlite = flow_values(d, absent=SQLITE_NULL)
+    assert len(plain) == len(sqlite) == len(FLOW_COLUMNS)
+    missing = [c for c, v in zip(FLOW_COLUMNS, plain, strict=True) if v is None]
+    assert {"node", "duration", "status", "closed_ts"} <= set(missing)
+    for col, a, b in zip(FLOW_COLUMNS, plain, sqlite, strict=True):
+        assert (b is SQLITE_NULL) if a is None else (a == b), col
+    assert dict(zip(FLOW_COLUMNS, sqlite, strict=True))["path"].endswith("…")  # clipped too
 
 
 keys = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_-", min_size=1, max_size=8)

@@ -8,6 +8,7 @@ findings carry only their redacted form.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from egresswatch.classify.redact import QUERY_VALUE_REDACTED, redact_path
@@ -121,6 +122,14 @@ CLOSE_POSITIONS = tuple(FLOW_COLUMNS.index(c) for c in CLOSE_COLUMNS)
 _CLIPPED = tuple((FLOW_COLUMNS.index(c), n) for c, n in _LIMITS.items())
 
 
+#: What the SQLite writer binds for a missing value: a float NaN, which SQLite stores
+#: as NULL (it has no NaN; sqlite3_bind_double turns one into NULL). Python's sqlite3
+#: module binds None only after looking for an adapter for it (a tuple, a dict lookup
+#: and two attribute lookups per value): ~7,000 of the ~100,000 instructions a
+#: decision cost through the writer, for the ~7 missing values of a typical row
+#: (valgrind --tool=callgrind, docs/performance.md). A float binds directly.
+SQLITE_NULL = math.nan
+
 #: raw path -> redacted path, for the paths a sensor sees again and again (API endpoints);
 #: cleared when full. Raw paths may hold query tokens: this lives in process memory only,
 #: as the flows that carried them do.
@@ -140,13 +149,18 @@ def _redacted_path(path: str | None) -> str | None:
     return red
 
 
-def flow_values(decision: Decision, node: str | None = None) -> list[Any]:
+def flow_values(decision: Decision, node: str | None = None, absent: Any = None) -> tuple[Any, ...]:
     """The ``flows`` row of a decision as values in :data:`FLOW_COLUMNS` order.
 
     The hot path of the writer: built positionally, without a dict. Enum members
     are read through ``_value_`` (a plain attribute; ``.value`` is a descriptor
     and was a fifth of the time here), and the StrEnum payload types join as the
-    strings they are.
+    strings they are. A tuple: rows wait in the writer's queue, and a tuple of
+    plain values is one the garbage collector stops scanning, where a list stays
+    tracked for as long as it waits.
+
+    ``absent`` stands for every missing value (None by default). The SQLite
+    writer passes :data:`SQLITE_NULL`: see there.
     """
     a = decision.assessment
     o = a.observation
@@ -156,38 +170,41 @@ def flow_values(decision: Decision, node: str | None = None) -> list[Any]:
     svc = m.service if m is not None else None
     country = geo.country
     opc = a.operator_country
-    row: list[Any] = [
+    no = absent
+    # x if (x := ...) is not None else no: a missing value becomes ``absent``
+    x: Any
+    row: tuple[Any, ...] = (
         decision.id,
         o.flow_id,
         o.time,
         o.sensor._value_,
-        node,
+        node if node is not None else no,
         o.stage._value_,
-        o.client_addr,
-        o.client_port,
-        o.client_app,
-        o.client_process,
-        o.client_pid,
+        x if (x := o.client_addr) is not None else no,
+        x if (x := o.client_port) is not None else no,
+        x if (x := o.client_app) is not None else no,
+        x if (x := o.client_process) is not None else no,
+        x if (x := o.client_pid) is not None else no,
         o.transport._value_,
         o.protocol._value_,
-        o.dst_addr,
-        o.dst_port,
-        a.host,
-        o.sni,
-        o.http_host,
-        o.dns_name,
-        o.method,
-        _redacted_path(o.path),
+        x if (x := o.dst_addr) is not None else no,
+        x if (x := o.dst_port) is not None else no,
+        x if (x := a.host) is not None else no,
+        x if (x := o.sni) is not None else no,
+        x if (x := o.http_host) is not None else no,
+        x if (x := o.dns_name) is not None else no,
+        x if (x := o.method) is not None else no,
+        x if (x := _redacted_path(o.path)) is not None else no,
         country.upper()[:2] if country else UNKNOWN_COUNTRY,
-        geo.asn,
-        geo.org,
+        x if (x := geo.asn) is not None else no,
+        x if (x := geo.org) is not None else no,
         geo.source._value_,
-        geo.label,
-        svc.id if svc else None,
-        svc.name if svc else None,
-        m.kind._value_ if m is not None else None,
-        svc.operator if svc else None,
-        opc.upper()[:2] if opc else None,
+        x if (x := geo.label) is not None else no,
+        svc.id if svc else no,
+        svc.name if svc else no,
+        m.kind._value_ if m is not None else no,
+        x if svc and (x := svc.operator) is not None else no,
+        opc.upper()[:2] if opc else no,
         "," + ",".join(a.payload_types) + "," if a.payload_types else ",",
         "," + ",".join(a.flags) + "," if a.flags else ",",
         len(a.findings),
@@ -195,25 +212,55 @@ def flow_values(decision: Decision, node: str | None = None) -> list[Any]:
         "would-block" if v.action is _BLOCK and v.mode is _MONITOR else v.action._value_,
         v.action._value_,
         v.mode._value_,
-        v.rule,
-        v.reason,
+        x if (x := v.rule) is not None else no,
+        x if (x := v.reason) is not None else no,
         o.bytes_out,
         o.bytes_in,
-        None,
-        None,
-        None,
-        decision.elapsed,
-    ]
+        no,  # duration, status, closed_ts: set when the flow closes
+        no,
+        no,
+        x if (x := decision.elapsed) is not None else no,
+    )
     for pos, limit in _CLIPPED:
         value = row[pos]
-        if value is not None and len(value) > limit:
-            row[pos] = clip(value, limit)
+        if value is not no and len(value) > limit:
+            return _clipped(row, no)  # rare: built as a tuple, copied only to cut
     return row
+
+
+def _clipped(row: tuple[Any, ...], absent: Any) -> tuple[Any, ...]:
+    """``row`` with every text value over its column's limit cut (see :func:`clip`)."""
+    out = list(row)
+    for pos, limit in _CLIPPED:
+        value = out[pos]
+        if value is not absent and len(value) > limit:
+            out[pos] = clip(value, limit)
+    return tuple(out)
 
 
 def flow_row(decision: Decision, node: str | None = None) -> dict[str, Any]:
     """The ``flows`` row of a decision as a dict keyed by column."""
     return dict(zip(FLOW_COLUMNS, flow_values(decision, node), strict=True))
+
+
+#: the findings columns a decision fills, in table order (``id`` is the database's)
+FINDING_COLUMNS: tuple[str, ...] = (
+    "decision_id",
+    "seq",
+    "ts",
+    "sensor",
+    "kind",
+    "redacted",
+    "where",
+    "detail",
+    "service_id",
+    "country",
+)
+
+
+def finding_values(decision: Decision) -> tuple[tuple[Any, ...], ...]:
+    """The ``findings`` rows of a decision as values in :data:`FINDING_COLUMNS` order."""
+    return tuple(tuple(r.values()) for r in finding_rows(decision))
 
 
 def finding_rows(decision: Decision) -> list[dict[str, Any]]:

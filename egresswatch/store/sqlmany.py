@@ -14,11 +14,12 @@ cache.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable, Sequence
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 #: rows per statement at most; more saved nothing measurable in bench/store.py
 MOST_ROWS = 256
@@ -55,17 +56,40 @@ class ManyRows:
         return text
 
     def run(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Insert ``rows`` (sequences of ``width`` values each)."""
+        flat: list[Any] = []
+        for row in rows:
+            flat += row
+        self.run_flat(conn, flat)
+
+    def run_flat(self, conn: Connection, flat: list[Any]) -> None:
+        """Insert rows given end to end in one list (``width`` values per row).
+
+        The writer builds its rows this way: list slices are cheap, where
+        flattening row by row (``tuple(chain(...))`` of ~11,000 values per
+        statement) was ~6% of its time. Statements go straight to the sqlite3
+        connection, inside the caller's transaction: SQLAlchemy's statement
+        set-up was another ~3%. Errors come back as SQLAlchemy's exceptions,
+        as they did through it, so callers tell "unreachable" from "bad row".
+        """
+        if len(flat) % self.width:
+            raise ValueError(f"{len(flat)} values do not make rows of {self.width}")
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        width = self.width
         start = 0
-        for size in chunk_sizes(len(rows), self.most):
-            flat = tuple(chain.from_iterable(rows[start : start + size]))
-            conn.exec_driver_sql(self.sql(size), flat)
-            start += size
+        for size in chunk_sizes(len(flat) // width, self.most):
+            end = start + size * width
+            sql = self.sql(size)
+            try:
+                raw.execute(sql, flat[start:end])
+            except sqlite3.Error as e:
+                raise DBAPIError.instance(sql, None, e, sqlite3.Error) from e
+            start = end
 
 
 def max_variables(conn: Connection) -> int:
     """The host-parameter limit of this SQLite connection (999 if it cannot be read)."""
-    import sqlite3
-
     raw = conn.connection.driver_connection
     try:
         return int(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))  # type: ignore[union-attr]

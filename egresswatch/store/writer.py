@@ -56,18 +56,19 @@ from egresswatch.store.engine import Store, _short
 from egresswatch.store.rows import (
     CLOSE_COLUMNS,
     CLOSE_POSITIONS,
+    FINDING_COLUMNS,
     FLOW_COLUMNS,
+    SQLITE_NULL,
     closed_row,
-    finding_rows,
+    finding_values,
     flow_values,
 )
-from egresswatch.store.schema import DNS_ANSWERS, FINDINGS, PAYLOAD_EXCERPTS
+from egresswatch.store.schema import DNS_ANSWERS, PAYLOAD_EXCERPTS
 from egresswatch.store.spill import SpillJournal
 from egresswatch.store.sqlmany import ManyRows, max_variables, values_sql
 
 log = logging.getLogger("egresswatch.store")
 
-FINDING_COLUMNS: tuple[str, ...] = tuple(c.name for c in FINDINGS.columns if c.name != "id")
 EXCERPT_COLUMNS: tuple[str, ...] = tuple(c.name for c in PAYLOAD_EXCERPTS.columns if c.name != "id")
 
 #: journals (writers sharing one base path) at most, see _claim_journal
@@ -79,6 +80,7 @@ MAX_TRACKED_FLOWS = 200_000
 _SQLITE_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)
 _BYTES_OUT = FLOW_COLUMNS.index("bytes_out")
 _BYTES_IN = FLOW_COLUMNS.index("bytes_in")
+_WIDTH = len(FLOW_COLUMNS)
 #: closes waiting for their decision row, at most (oldest are forgotten first)
 MAX_PENDING_CLOSES = 50_000
 #: seconds a close waits for its decision row before it is forgotten
@@ -142,6 +144,16 @@ class _Flush:
 
 _WAKE = object()
 
+#: a decision on its way through the queue: its ``flows`` values (FLOW_COLUMNS order),
+#: its ``findings`` rows (FINDING_COLUMNS order) or None, its raw excerpt or None.
+#: Closes and DNS answers travel as dicts ``{"k": "c"|"n", ...}``, and so does every
+#: record read back from the spill journal (a decision there is ``{"k": "d", ...}``).
+_DecisionRecord = tuple[tuple[Any, ...], tuple[tuple[Any, ...], ...] | None, dict[str, Any] | None]
+
+
+def _is_decision(rec: Any) -> bool:
+    return type(rec) is tuple or rec["k"] == "d"
+
 
 def _is_unreachable(e: BaseException) -> bool:
     """Errors that mean "try again later" rather than "this row is bad"."""
@@ -176,6 +188,9 @@ class StoreWriter:
         self.retention = retention
         #: bytes of each request body kept raw in payload_excerpts; 0 (default): none
         self.raw_bodies = raw_bodies
+        #: what a missing value is in a queued row: SQLite binds a NaN as NULL, and
+        #: faster than None (store/rows.py, SQLITE_NULL); PostgreSQL gets None
+        self._absent = None if store.dialect == "postgresql" else SQLITE_NULL
         # A deque (append/popleft are atomic under the GIL) bounded by hand: a queue.Queue
         # took a lock and a condition notify per put and per get, ~1.5 us each, four times
         # per proxied request (decision + close), half of it on the sensor's thread.
@@ -282,18 +297,15 @@ class StoreWriter:
         if next(self._puts) % self.batch_size == 0:
             self._wake.set()  # a batch's worth: no need to wait for the interval
 
-    def _decision_record(self, decision: Decision) -> dict[str, Any]:
-        # "v": the flows values in FLOW_COLUMNS order (the fast path);
-        # the journal stores them as a dict, see _spill
-        # "f" (findings rows) only when there are findings: most decisions have none
-        rec: dict[str, Any] = {"k": "d", "v": flow_values(decision, self.node)}
-        if decision.assessment.findings:
-            rec["f"] = finding_rows(decision)
-        if self.raw_bodies:
-            excerpt = self._excerpt(decision)
-            if excerpt is not None:
-                rec["x"] = excerpt
-        return rec
+    def _decision_record(self, decision: Decision) -> _DecisionRecord:
+        # A plain tuple, not a dict: built once per decision on the sensor's thread, and
+        # waiting in the queue as values the garbage collector stops scanning. The
+        # journal keeps decisions as dicts keyed by column (see _spill).
+        return (
+            flow_values(decision, self.node, self._absent),
+            finding_values(decision) if decision.assessment.findings else None,
+            self._excerpt(decision) if self.raw_bodies else None,
+        )
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued before this call is committed or safely spilled.
@@ -373,9 +385,9 @@ class StoreWriter:
                     self._replay()
                 return
 
-    def _collect(self) -> tuple[list[dict[str, Any]], list[_Flush]]:
+    def _collect(self) -> tuple[list[Any], list[_Flush]]:
         """Gather items until batch_size, a flush marker, or flush_interval has passed."""
-        batch: list[dict[str, Any]] = []
+        batch: list[Any] = []
         markers: list[_Flush] = []
         q = self._queue
         deadline = time.monotonic() + self.flush_interval
@@ -434,7 +446,7 @@ class StoreWriter:
             "content_encoding": (obs.header("content-encoding") or "")[:64] or None,
         }
 
-    def _handle(self, records: list[dict[str, Any]]) -> None:
+    def _handle(self, records: list[Any]) -> None:
         if self._spilling:
             self._spill(records)
             return
@@ -449,9 +461,7 @@ class StoreWriter:
             if stopped is not None:
                 self._spill(records[stopped:])
 
-    def _write_one_by_one(
-        self, records: list[dict[str, Any]], first: SQLAlchemyError
-    ) -> int | None:
+    def _write_one_by_one(self, records: list[Any], first: SQLAlchemyError) -> int | None:
         """A batch was refused for its data: find and count the bad rows, keep the rest.
 
         Returns None when done, or the index of the first record not written
@@ -468,29 +478,15 @@ class StoreWriter:
                     return i
                 self._last_error = _short(e)
                 self._write_errors += 1
-                if rec["k"] == "d":
+                if _is_decision(rec):
                     self._failed += 1
                 log.warning("store refused a record: %s", self._last_error)
         return None
 
-    def _spill(self, records: list[dict[str, Any]]) -> None:
-        # flows rows go to the journal keyed by column name, so a journal written by
-        # one version replays into a newer schema
-        decisions = sum(1 for r in records if r["k"] == "d")
+    def _spill(self, records: list[Any]) -> None:
+        decisions = sum(1 for r in records if _is_decision(r))
         try:
-            self._journal.append(
-                [
-                    {
-                        "k": "d",
-                        "flow": dict(zip(FLOW_COLUMNS, r["v"], strict=True)),
-                        "f": r.get("f", []),
-                        **({"x": r["x"]} if "x" in r else {}),
-                    }
-                    if "v" in r
-                    else r
-                    for r in records
-                ]
-            )
+            self._journal.append([_journal_form(r) for r in records])
         except OSError as e:
             # neither the database nor the journal takes them (a full disk under both):
             # counted in stats.lost, never silent
@@ -541,13 +537,13 @@ class StoreWriter:
                 if self._write_one_by_one(records, e) is not None:
                     return  # unreachable again: the offset stays, the chunk is replayed later
             self._journal.commit(offset, lines)
-            self._replayed += sum(1 for r in records if r["k"] == "d")
+            self._replayed += sum(1 for r in records if _is_decision(r))
             # keep the queue flowing during a long replay: newer items queue up behind
             # the journal, in order
             self._drain_into_journal()
 
     def _drain_into_journal(self) -> None:
-        batch: list[dict[str, Any]] = []
+        batch: list[Any] = []
         markers: list[_Flush] = []
         for _ in range(self.batch_size * 4):
             try:
@@ -596,10 +592,11 @@ class StoreWriter:
         )
 
     def _insert_many(
-        self, conn: Connection, table: str, cols: tuple[str, ...], key: str, rows: list[Any]
+        self, conn: Connection, table: str, cols: tuple[str, ...], key: str, flat: list[Any]
     ) -> None:
-        """Insert rows: many-row INSERTs on SQLite, ``COPY`` + ``INSERT ... SELECT`` on PostgreSQL.
+        """Insert rows given end to end in ``flat`` (``len(cols)`` values per row).
 
+        Many-row INSERTs on SQLite, ``COPY`` + ``INSERT ... SELECT`` on PostgreSQL:
         psycopg's executemany sends a statement per row and a many-row VALUES
         spends its time parsing placeholders; COPY into a temporary table and
         one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` was about ten times
@@ -607,12 +604,13 @@ class StoreWriter:
         ids follow the order decisions were recorded in.
         """
         if self.store.dialect != "postgresql":
-            self._sqlite_many(conn)[table].run(conn, rows)
+            self._sqlite_many(conn)[table].run_flat(conn, flat)
             return
         import psycopg  # only with PostgreSQL; the driver egresswatch ships with
 
         names = ", ".join(f'"{c}"' for c in cols)  # our own column names, quoted for "where"
         tmp = f"_egw_in_{table}"
+        width = len(cols)
         raw = conn.connection.driver_connection
         assert raw is not None
         try:
@@ -622,8 +620,8 @@ class StoreWriter:
                     f"SELECT {names}, 0::bigint AS _ord FROM {table} WITH NO DATA"
                 )
                 with cur.copy(f"COPY {tmp} ({names}, _ord) FROM STDIN") as copy:
-                    for i, row in enumerate(rows):
-                        copy.write_row((*row, i))
+                    for i in range(len(flat) // width):
+                        copy.write_row((*flat[i * width : (i + 1) * width], i))
                 cur.execute(
                     f"INSERT INTO {table} ({names}) SELECT {names} FROM {tmp} ORDER BY _ord "
                     f"ON CONFLICT ({key}) DO NOTHING"
@@ -633,64 +631,77 @@ class StoreWriter:
             # the same exception types as everywhere else (OperationalError = unreachable)
             raise DBAPIError.instance(f"COPY {table}", None, e, psycopg.Error) from e
 
-    def _write(self, records: list[dict[str, Any]]) -> None:
+    def _write(self, records: list[Any]) -> None:
         """Commit records in one transaction: inserts first, then closes, in order.
 
         A close whose flow has rows in this same batch (most proxied requests end
         well within one flush interval) is folded into those rows before they are
         inserted: the row goes in once with its final counts, instead of an insert
         and then an UPDATE that rewrites the row and its report-index entry.
+
+        The rows are collected end to end in one list (``flows``, ``_WIDTH`` values
+        per row), which is what the many-row statements bind (store/sqlmany.py).
         """
-        flows: list[list[Any]] = []
-        findings: list[tuple[Any, ...]] = []
+        flows: list[Any] = []
+        findings: list[Any] = []
         closes: list[dict[str, Any]] = []
         dns: list[dict[str, Any]] = []
         excerpts: list[tuple[Any, ...]] = []
         used: list[tuple[str, str]] = []
-        #: (flow_id, sensor) -> positions in ``flows`` of that flow's rows in this batch
-        here: dict[tuple[str, str], tuple[int, ...]] = {}
+        #: (flow_id, sensor) -> row numbers of that flow's rows in this batch
+        #: (flow_id, sensor) -> the row number of that flow's first row in this batch;
+        #: ``again``: the numbers of its later rows (rare: a flow decided twice)
+        here: dict[tuple[str, str], int] = {}
+        again: dict[tuple[str, str], list[int]] = {}
         seen: set[tuple[str, str]] = set()
         pending = self._pending
         tracked = self._flows
+        n = 0
         for rec in records:
-            kind = rec["k"]
-            if kind == "d":
-                values = rec.get("v")
-                if values is None:  # from the journal
-                    flow = rec["flow"]
-                    values = [flow.get(c) for c in FLOW_COLUMNS]
-                key = (values[1], values[3])  # flow_id, sensor
-                # self._track(key, values[0]), inlined for the common case: a new flow
-                if key in tracked or len(tracked) >= MAX_TRACKED_FLOWS:
-                    if not self._track(key, values[0]):
-                        seen.add(key)  # written before (a replay): its close needs the UPDATE
-                else:
-                    tracked[key] = (values[0],)
-                if pending:
-                    waiting = pending.get(key)
-                    if waiting is not None:
-                        values = list(values)
-                        for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
-                            values[pos] = waiting[1][col]
-                        used.append(key)
-                rows = here.get(key)
-                here[key] = (len(flows),) if rows is None else (*rows, len(flows))
-                flows.append(values)
-                fs = rec.get("f")
-                if fs:
-                    for f in fs:
-                        findings.append(tuple([f.get(c) for c in FINDING_COLUMNS]))
+            if type(rec) is tuple:
+                values, fs, x = rec
+            else:
+                kind = rec["k"]
+                if kind == "c":
+                    closes.append(rec["c"])
+                    continue
+                if kind == "n":
+                    dns.append(rec["n"])
+                    continue
+                # a decision read back from the journal
+                flow = rec["flow"]
+                values = tuple([flow.get(c) for c in FLOW_COLUMNS])
+                fs = [tuple([f.get(c) for c in FINDING_COLUMNS]) for f in rec.get("f", ())]
                 x = rec.get("x")
-                if x is not None:
-                    x = {**x, "body": base64.b64decode(x["body"])}
-                    excerpts.append(tuple(x.get(c) for c in EXCERPT_COLUMNS))
-            elif kind == "c":
-                closes.append(rec["c"])
-            elif kind == "n":
-                dns.append(rec["n"])
+            key = (values[1], values[3])  # flow_id, sensor
+            # self._track(key, values[0]), inlined for the common case: a new flow
+            if key in tracked or len(tracked) >= MAX_TRACKED_FLOWS:
+                if not self._track(key, values[0]):
+                    seen.add(key)  # written before (a replay): its close needs the UPDATE
+            else:
+                tracked[key] = (values[0],)
+            if pending:
+                waiting = pending.get(key)
+                if waiting is not None:
+                    values = list(values)
+                    for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
+                        values[pos] = waiting[1][col]
+                    used.append(key)
+            if key in here:
+                again.setdefault(key, []).append(n)
+            else:
+                here[key] = n
+            flows += values
+            n += 1
+            if fs:
+                for f in fs:
+                    findings += f
+            if x is not None:
+                x = {**x, "body": base64.b64decode(x["body"])}
+                excerpts.append(tuple(x.get(c) for c in EXCERPT_COLUMNS))
         folded: list[tuple[str, str]] = []
         if closes and here:
-            closes, folded = self._fold_closes(closes, flows, here, seen)
+            closes, folded = self._fold_closes(closes, flows, here, again, seen)
         with self.store.engine.begin() as conn:
             if flows:
                 self._insert_many(conn, "flows", FLOW_COLUMNS, "decision_id", flows)
@@ -707,19 +718,22 @@ class StoreWriter:
             self._flows.pop(key, None)
         for key in closed:
             self._flows.pop(key, None)
-        self._written += len(flows)
+        self._written += n
 
     def _fold_closes(
         self,
         closes: list[dict[str, Any]],
-        flows: list[list[Any]],
-        here: dict[tuple[str, str], tuple[int, ...]],
+        flows: list[Any],
+        here: dict[tuple[str, str], int],
+        again: dict[tuple[str, str], list[int]],
         seen: set[tuple[str, str]],
     ) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         """Apply closes to rows of this batch before they are inserted.
 
         The same outcome as inserting and then running :meth:`_apply_closes`:
         the flow's latest row gets the final counts, its earlier rows zero bytes.
+        ``flows`` holds the batch's rows end to end; ``here`` and ``again`` say which
+        rows are whose.
         Returns the closes left for UPDATEs (flows with no row in this batch, or
         with earlier rows already in the database) and the flows folded.
         """
@@ -728,19 +742,19 @@ class StoreWriter:
         tracked = self._flows
         for c in closes:
             key = (c["flow_id"], c["sensor"])
-            rows = here.get(key)
+            first = here.get(key)
             ids = tracked.get(key)
+            rows = (first, *again.get(key, ())) if first is not None else None
             if rows is None or ids is None or len(ids) != len(rows) or key in seen:
                 # rows of this flow from earlier batches: the UPDATE path
                 left.append(c)
                 continue
-            last = flows[rows[-1]] = list(flows[rows[-1]])
+            last = rows[-1] * _WIDTH
             for pos, col in zip(CLOSE_POSITIONS, CLOSE_COLUMNS, strict=True):
-                last[pos] = c[col]
+                flows[last + pos] = c[col]
             for i in rows[:-1]:
-                row = flows[i] = list(flows[i])
-                row[_BYTES_OUT] = 0
-                row[_BYTES_IN] = 0
+                flows[i * _WIDTH + _BYTES_OUT] = 0
+                flows[i * _WIDTH + _BYTES_IN] = 0
             folded.append(key)
         return left, folded
 
@@ -869,6 +883,26 @@ class StoreWriter:
                 result.findings,
                 result.excerpts,
             )
+
+
+def _journal_form(rec: Any) -> dict[str, Any]:
+    """A queued record as the journal keeps it: a decision keyed by column name, so a
+    journal written by one version replays into a newer schema."""
+    if type(rec) is not tuple:
+        return rec
+    values, findings, excerpt = rec
+    out: dict[str, Any] = {
+        "k": "d",
+        # SQLite's stand-in for a missing value is None again here: a journal is JSON,
+        # and may be replayed into PostgreSQL
+        "flow": {
+            c: None if v is SQLITE_NULL else v for c, v in zip(FLOW_COLUMNS, values, strict=True)
+        },
+        "f": [dict(zip(FINDING_COLUMNS, f, strict=True)) for f in findings or ()],
+    }
+    if excerpt is not None:
+        out["x"] = excerpt
+    return out
 
 
 def _claim_journal(base: Path) -> tuple[int, Path]:
