@@ -477,6 +477,15 @@ FIELDS: tuple[Field, ...] = (
         "spill",
     ),
     _f(
+        "store.process",
+        parse_bool,
+        True,
+        "Write the database from a child process, so SQL never holds the sensor's "
+        "interpreter lock (off: from a thread of the sensor).",
+        "store-process",
+        is_bool=True,
+    ),
+    _f(
         "store.retention",
         parse_retention,
         30 * 86400.0,
@@ -624,6 +633,7 @@ class RunConfig:
             db_url=v["store.url"],
             store=v["store.enabled"],
             spill_path=v["store.spill"],
+            store_process=v["store.process"],
             retention=self.retention(),
             raw_bodies=v["store.raw_bodies"],
             metrics_listen=v["metrics.listen"] if v["metrics.enabled"] else None,

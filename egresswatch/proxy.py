@@ -434,6 +434,13 @@ class EgressWatch:
             "still judged and recorded by SNI and address.",
         )
         loader.add_option(
+            "egresswatch_store_process",
+            bool,
+            True,
+            "Write the database from a child process, so SQL never holds mitmproxy's "
+            "interpreter lock. Off: from a thread of this process.",
+        )
+        loader.add_option(
             "egresswatch_process_lookup",
             bool,
             True,
@@ -1144,6 +1151,7 @@ def settings_from_options(opts: Any) -> Any:
         "geo_overrides": path(opts.egresswatch_overrides),
         "db_url": None if db in ("", "none") else db,
         "store": db != "none",
+        "store_process": bool(opts.egresswatch_store_process),
         "metrics_listen": (
             parse_listen(opts.egresswatch_metrics_listen)
             if opts.egresswatch_metrics_listen

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from egresswatch.metrics import Metrics, MetricsServer
     from egresswatch.policy import Policy
     from egresswatch.store import Store
+    from egresswatch.store.remote import RemoteWriter
     from egresswatch.store.retention import Retention
     from egresswatch.store.writer import StoreWriter
 
@@ -62,6 +63,8 @@ class Settings:
     #: record decisions in the database at all
     store: bool = True
     spill_path: Path | None = None
+    #: write from a child process (store/remote.py) instead of a thread of this one
+    store_process: bool = True
     #: how long the writer keeps rows (it prunes hourly); None: keep everything forever.
     #: Default: flows 30 days, DNS answers 7 days, raw body excerpts 1 day.
     retention: Retention | None = field(default_factory=default_retention)
@@ -119,7 +122,7 @@ class Sinks:
         metrics: Metrics,
         *,
         store: Store | None = None,
-        writer: StoreWriter | None = None,
+        writer: StoreWriter | RemoteWriter | None = None,
         alerts: AlertSink | None = None,
         server: MetricsServer | None = None,
     ) -> None:
@@ -184,6 +187,7 @@ def build_sinks(
                 node=settings.sensor_name,
                 retention=settings.retention,
                 raw_bodies=settings.raw_bodies,
+                process=settings.store_process,
             )
             started.append(writer)
             metrics.watch_store(lambda: writer.stats)

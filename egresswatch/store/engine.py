@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from egresswatch.errors import StoreError
 from egresswatch.store.schema import ALERTS, DNS_ANSWERS, FINDINGS, FLOWS, Flow
 
 if TYPE_CHECKING:
+    from egresswatch.store.remote import RemoteWriter
     from egresswatch.store.retention import Retention
     from egresswatch.store.writer import StoreWriter
 
@@ -174,7 +176,8 @@ class Store:
         node: str | None = None,
         retention: Retention | None = None,
         raw_bodies: int = 0,
-    ) -> StoreWriter:
+        process: bool = False,
+    ) -> StoreWriter | RemoteWriter:
         """Start a :class:`~egresswatch.store.writer.StoreWriter` (a ``ports.Sink``) on this store.
 
         ``spill_path`` is the journal used while the database is unreachable;
@@ -184,7 +187,25 @@ class Store:
         itself (see :mod:`egresswatch.store.retention`). ``raw_bodies`` > 0 is the
         user's opt-in to keep that many bytes of each request body raw
         (``payload_excerpts``); 0, the default, stores no body byte.
+
+        ``process=True`` writes from a child process (:class:`~egresswatch.store.remote.
+        RemoteWriter`): the SQL then runs beside the sensor, not under its GIL.
         """
+        spill = Path(spill_path) if spill_path else self.default_spill_path()
+        if process:
+            from egresswatch.store.remote import RemoteWriter
+
+            return RemoteWriter(
+                self.url,
+                dialect=self.dialect,
+                batch_size=batch_size,
+                flush_interval=flush_interval,
+                queue_size=queue_size,
+                spill_path=spill,
+                node=node if node is not None else socket.gethostname(),
+                retention=retention,
+                raw_bodies=raw_bodies,
+            )
         from egresswatch.store.writer import StoreWriter
 
         return StoreWriter(
@@ -192,7 +213,7 @@ class Store:
             batch_size=batch_size,
             flush_interval=flush_interval,
             queue_size=queue_size,
-            spill_path=Path(spill_path) if spill_path else self.default_spill_path(),
+            spill_path=spill,
             node=node,
             retention=retention,
             raw_bodies=raw_bodies,

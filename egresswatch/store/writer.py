@@ -176,6 +176,7 @@ class StoreWriter:
         node: str | None = None,
         retention: retention_mod.Retention | None = None,
         raw_bodies: int = 0,
+        thread: bool = True,
     ) -> None:
         if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
             raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
@@ -231,8 +232,11 @@ class StoreWriter:
         self._update_close, self._zero_close = self._close_statements()
         #: SQLite: many-row statements, built on the first write (they need the connection)
         self._many: dict[str, ManyRows] | None = None
-        self._thread = threading.Thread(target=self._run, name="egresswatch-store", daemon=True)
-        self._thread.start()
+        #: None when the owner drives the writer itself (``thread=False``, see process())
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="egresswatch-store", daemon=True)
+            self._thread.start()
 
     # -- the Sink interface (called from sensors' threads) -----------------------------
 
@@ -264,24 +268,14 @@ class StoreWriter:
     def flow_closed(self, event: FlowClosed) -> None:
         """Queue the final byte counts of a flow; never blocks."""
         if not self._refuse():
-            self._queue.append({"k": "c", "c": closed_row(event)})
+            self._queue.append(close_record(event))
             self._queued_item()
 
     def dns_answer(self, answer: DnsAnswer) -> None:
         """Queue a DNS answer seen by the sniffer; never blocks."""
         if self._refuse():
             return
-        row = {
-            "ts": answer.time,
-            "sensor": answer.sensor,
-            "node": self.node,
-            "client_addr": answer.client_addr,
-            "qname": answer.qname[:255],
-            "rtype": answer.rtype[:16],
-            "answer": answer.answer[:255],
-            "ttl": answer.ttl,
-        }
-        self._queue.append({"k": "n", "n": row})
+        self._queue.append(dns_record(answer, self.node))
         self._queued_item()
 
     def _refuse(self) -> bool:
@@ -298,14 +292,7 @@ class StoreWriter:
             self._wake.set()  # a batch's worth: no need to wait for the interval
 
     def _decision_record(self, decision: Decision) -> _DecisionRecord:
-        # A plain tuple, not a dict: built once per decision on the sensor's thread, and
-        # waiting in the queue as values the garbage collector stops scanning. The
-        # journal keeps decisions as dicts keyed by column (see _spill).
-        return (
-            flow_values(decision, self.node, self._absent),
-            finding_values(decision) if decision.assessment.findings else None,
-            self._excerpt(decision) if self.raw_bodies else None,
-        )
+        return decision_record(decision, self.node, self._absent, self.raw_bodies)
 
     def flush(self, timeout: float | None = 30.0) -> bool:
         """Wait until everything queued before this call is committed or safely spilled.
@@ -313,7 +300,7 @@ class StoreWriter:
         Returns False on timeout. Blocks: call it from shutdown code, not from
         an event loop.
         """
-        if self._closed or not self._thread.is_alive():
+        if self._closed or self._thread is None or not self._thread.is_alive():
             return False
         marker = _Flush()
         self._queue.append(marker)  # beyond the bound if need be: a marker is tiny
@@ -329,10 +316,13 @@ class StoreWriter:
             return
         self._closed = True
         self._closing.set()
-        self._queue.append(_WAKE)
-        self._wake.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        if self._thread is None:
+            self._run()  # what is queued, then the journal's last chance
+        else:
+            self._queue.append(_WAKE)
+            self._wake.set()
+            self._thread.join(timeout)
+        if self._thread is not None and self._thread.is_alive():
             log.error("store writer did not finish within %.0f s", timeout)
             return  # the thread still uses the journal: keep it claimed
         with contextlib.suppress(OSError):
@@ -365,18 +355,35 @@ class StoreWriter:
 
     # -- the writer thread -------------------------------------------------------------
 
+    def process(self, records: list[Any]) -> None:
+        """Write records now, on the caller's thread (a writer made with ``thread=False``).
+
+        One batch, as the thread writes it: committed, or spilled to the journal
+        when the database is unreachable; then the journal is replayed if the
+        database answers again, and old rows pruned when due. Call it with an
+        empty list now and then (every ``flush_interval``) for the replay and
+        the pruning. The child process of :mod:`egresswatch.store.remote` runs
+        its writer this way: one thread that unpickles and writes, instead of
+        two taking turns at the GIL.
+        """
+        self._n_queued += sum(1 for r in records if _is_decision(r))
+        self._step(records)
+
+    def _step(self, batch: list[Any]) -> None:
+        try:
+            if batch:
+                self._handle(batch)
+            if self._spilling:
+                self._replay()
+            self._maybe_prune()
+        except Exception as e:  # the writer must survive anything
+            self._last_error = f"{type(e).__name__}: {e}"
+            log.exception("store writer error")
+
     def _run(self) -> None:
         while True:
             batch, markers = self._collect()
-            try:
-                if batch:
-                    self._handle(batch)
-                if self._spilling:
-                    self._replay()
-                self._maybe_prune()
-            except Exception as e:  # the thread must survive anything
-                self._last_error = f"{type(e).__name__}: {e}"
-                log.exception("store writer error")
+            self._step(batch)
             for m in markers:
                 m.done.set()
             if self._closing.is_set() and not self._queue:
@@ -425,26 +432,6 @@ class StoreWriter:
                 batch.append(item)
             if len(batch) >= self.batch_size:
                 return batch, markers
-
-    def _excerpt(self, decision: Decision) -> dict[str, Any] | None:
-        """The opted-in raw excerpt of a decision's request body, or None without a body.
-
-        The body is base64 text here so that a spilled record stays JSON; it is
-        decoded when written.
-        """
-        obs = decision.observation
-        if not obs.body:
-            return None
-        keep = obs.body[: self.raw_bodies]
-        return {
-            "decision_id": decision.id,
-            "ts": obs.time,
-            "sensor": str(obs.sensor),
-            "body": base64.b64encode(keep).decode("ascii"),
-            "truncated": obs.body_truncated or len(obs.body) > len(keep),
-            "content_type": (obs.header("content-type") or "")[:128] or None,
-            "content_encoding": (obs.header("content-encoding") or "")[:64] or None,
-        }
 
     def _handle(self, records: list[Any]) -> None:
         if self._spilling:
@@ -883,6 +870,61 @@ class StoreWriter:
                 result.findings,
                 result.excerpts,
             )
+
+
+def decision_record(
+    decision: Decision, node: str | None, absent: Any, raw_bodies: int
+) -> _DecisionRecord:
+    """A decision as it travels through a writer's queue (see ``_DecisionRecord``).
+
+    A plain tuple, not a dict: built once per decision on the sensor's thread, and
+    waiting in the queue as values the garbage collector stops scanning. The
+    journal keeps decisions as dicts keyed by column (see ``_journal_form``).
+    """
+    return (
+        flow_values(decision, node, absent),
+        finding_values(decision) if decision.assessment.findings else None,
+        _excerpt(decision, raw_bodies) if raw_bodies else None,
+    )
+
+
+def close_record(event: FlowClosed) -> dict[str, Any]:
+    return {"k": "c", "c": closed_row(event)}
+
+
+def dns_record(answer: DnsAnswer, node: str | None) -> dict[str, Any]:
+    row = {
+        "ts": answer.time,
+        "sensor": answer.sensor,
+        "node": node,
+        "client_addr": answer.client_addr,
+        "qname": answer.qname[:255],
+        "rtype": answer.rtype[:16],
+        "answer": answer.answer[:255],
+        "ttl": answer.ttl,
+    }
+    return {"k": "n", "n": row}
+
+
+def _excerpt(decision: Decision, raw_bodies: int) -> dict[str, Any] | None:
+    """The opted-in raw excerpt of a decision's request body, or None without a body.
+
+    The body is base64 text here so that a spilled record stays JSON; it is
+    decoded when written.
+    """
+    obs = decision.observation
+    if not obs.body:
+        return None
+    keep = obs.body[:raw_bodies]
+    return {
+        "decision_id": decision.id,
+        "ts": obs.time,
+        "sensor": str(obs.sensor),
+        "body": base64.b64encode(keep).decode("ascii"),
+        "truncated": obs.body_truncated or len(obs.body) > len(keep),
+        "content_type": (obs.header("content-type") or "")[:128] or None,
+        "content_encoding": (obs.header("content-encoding") or "")[:64] or None,
+    }
 
 
 def _journal_form(rec: Any) -> dict[str, Any]:
