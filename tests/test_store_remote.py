@@ -80,9 +80,12 @@ def test_decisions_closes_and_dns_answers_arrive_once(store: Store, tmp_path: Pa
     s = w.stats
     assert (s.queued, s.written, s.dropped, s.lost, s.failed) == (300, 300, 0, 0, 0)
     assert s.queue_length == 0 and not s.spilling
+    child = w._child
     w.close()
     w.close()  # twice is fine
     assert wait_gone(pid)
+    # a clean exit, also with its stdin reader still blocked (no fatal error at shutdown)
+    assert child is not None and child.proc.returncode == 0
     rows = {r.decision_id: r for r in query_flows(store, FlowFilter(), None)}
     assert set(rows) == {d.id for d in decisions}
     r = rows[decisions[5].id]

@@ -472,7 +472,7 @@ def _child_main() -> int:
     sys.stdout = sys.stderr
     msg = _receive(inp)
     if msg is None or msg[0] != "config":
-        return 2
+        return 2  # not started by a RemoteWriter
     cfg = msg[1]
     from egresswatch.store import open_store
     from egresswatch.store.writer import StoreWriter
@@ -536,4 +536,13 @@ if __name__ == "__main__":
     # the child's own name in ps/top, after the interpreter's
     with contextlib.suppress(OSError):
         Path(f"/proc/{os.getpid()}/comm").write_text("egw-store")
-    raise SystemExit(_child_main())
+    try:
+        code = _child_main()
+    except BaseException:  # logged like any crash; the sensor starts a new child
+        log.exception("store writer process failed")
+        code = 1
+    # Everything is committed (or spilled) and acknowledged by now. Leave without the
+    # interpreter's shutdown: the reader thread may still be blocked on stdin, and
+    # finalizing a buffered stdin another thread holds is a fatal error.
+    sys.stderr.flush()
+    os._exit(code)
