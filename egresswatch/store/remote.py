@@ -358,6 +358,8 @@ class RemoteWriter:
                     # no child yet: keep what was taken, in order, for the next try
                     for item in reversed(batch + markers):  # back in front, in order
                         self._queue.appendleft(item)
+                    with self._lock:
+                        self._in_flight -= len(batch)
                     if self._stopping.is_set():
                         return
                     time.sleep(restart_wait)
@@ -368,8 +370,7 @@ class RemoteWriter:
                 seq = next(self._seq)
                 decisions = sum(1 for r in batch if type(r) is tuple)
                 with self._lock:
-                    self._unacked[seq] = (batch, decisions)
-                    self._in_flight += len(batch)
+                    self._unacked[seq] = (batch, decisions)  # counted in _in_flight by _take
                 self._last_sent = seq
                 self._ship(seq, batch)
             if markers:
@@ -384,19 +385,28 @@ class RemoteWriter:
                 return
 
     def _take(self) -> tuple[list[Any], list[_Flush]]:
-        """Up to a batch from the queue; a flush marker ends the batch."""
+        """Up to a batch from the queue; a flush marker ends the batch.
+
+        Each item is counted in ``_in_flight`` before it leaves the queue, and
+        record() reads the queue's length before ``_in_flight``: the bound it
+        checks may count an item twice for a moment, never zero times.
+        """
         batch: list[Any] = []
         markers: list[_Flush] = []
         q = self._queue
-        while len(batch) < self.batch_size:
-            try:
-                item = q.popleft()
-            except IndexError:
-                break
-            if isinstance(item, _Flush):
-                markers.append(item)
-                break
-            batch.append(item)
+        with self._lock:
+            while len(batch) < self.batch_size:
+                self._in_flight += 1
+                try:
+                    item = q.popleft()
+                except IndexError:
+                    self._in_flight -= 1
+                    break
+                if isinstance(item, _Flush):
+                    self._in_flight -= 1
+                    markers.append(item)
+                    break
+                batch.append(item)
         return batch, markers
 
     def _ship(self, seq: int, batch: list[Any]) -> None:
