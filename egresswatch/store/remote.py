@@ -54,6 +54,7 @@ from egresswatch.store.rows import SQLITE_NULL
 from egresswatch.store.writer import (
     DnsAnswer,
     WriterStats,
+    check_sizes,
     close_record,
     decision_record,
     dns_record,
@@ -122,10 +123,7 @@ class RemoteWriter:
         retention: Retention | None = None,
         raw_bodies: int = 0,
     ) -> None:
-        if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
-            raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
-        if raw_bodies < 0:
-            raise ValueError("raw_bodies must be >= 0 (0: never store raw bodies)")
+        check_sizes(batch_size, queue_size, flush_interval, raw_bodies)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.node = node

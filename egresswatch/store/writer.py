@@ -178,10 +178,7 @@ class StoreWriter:
         raw_bodies: int = 0,
         thread: bool = True,
     ) -> None:
-        if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
-            raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
-        if raw_bodies < 0:
-            raise ValueError("raw_bodies must be >= 0 (0: never store raw bodies)")
+        check_sizes(batch_size, queue_size, flush_interval, raw_bodies)
         self.store = store
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -870,6 +867,14 @@ class StoreWriter:
                 result.findings,
                 result.excerpts,
             )
+
+
+def check_sizes(batch_size: int, queue_size: int, flush_interval: float, raw_bodies: int) -> None:
+    """A writer's settings, checked (both writers take the same ones)."""
+    if batch_size < 1 or queue_size < 1 or flush_interval <= 0:
+        raise ValueError("batch_size and queue_size must be >= 1, flush_interval > 0")
+    if raw_bodies < 0:
+        raise ValueError("raw_bodies must be >= 0 (0: never store raw bodies)")
 
 
 def decision_record(
