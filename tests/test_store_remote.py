@@ -243,3 +243,25 @@ def test_a_sensor_killed_with_sigkill_leaves_a_child_that_finishes_and_exits(
         assert len(ids) == len(set(ids))
     finally:
         store.close()
+
+
+def test_a_child_dead_at_close_is_replaced_for_its_unacknowledged_batches(
+    store: Store, tmp_path: Path
+) -> None:
+    w = remote(store, tmp_path, batch_size=50)
+    first = w.pid
+    assert first is not None
+    os.kill(first, signal.SIGSTOP)  # it takes the batches into its pipe, never answers
+    for i in range(100):
+        w.record(make_decision(i))
+    deadline = time.monotonic() + 10
+    while w._queue and time.monotonic() < deadline:  # sent, not acknowledged
+        time.sleep(0.01)
+    assert not w._queue and w._unacked
+    os.kill(first, signal.SIGKILL)
+    assert wait_gone(first)
+    w.close()
+    s = w.stats
+    assert s.lost == 0 and s.written == 100
+    assert w.pid not in (None, first)
+    assert count_flows(store) == 100

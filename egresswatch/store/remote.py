@@ -151,6 +151,9 @@ class RemoteWriter:
         self._acked = 0
         self._markers: list[_Flush] = []
         self._child_stats: dict[str, Any] = {}
+        # counters that sensor threads advance: next() on a count is atomic, += is not
+        self._queued = itertools.count(1)
+        self._dropped = itertools.count(1)
         self._n_queued = 0
         self._n_dropped = 0
         self._restarts = 0
@@ -160,10 +163,8 @@ class RemoteWriter:
         self._closed = False
         self._stopping = threading.Event()
         self._wake = threading.Event()
-        self._acked_event = threading.Event()
         self._puts = itertools.count(1)
-        self._child: _Child | None = None
-        self._child = self._start()  # a database that cannot be opened fails here
+        self._child: _Child | None = self._start()  # a database that cannot open fails here
         self._sender = threading.Thread(
             target=self._send_loop, name="egresswatch-store-sender", daemon=True
         )
@@ -182,7 +183,7 @@ class RemoteWriter:
             log.exception("store: decision %s could not be mapped to rows", decision.id)
             return
         self._queue.append(rec)
-        self._n_queued += 1
+        self._n_queued = next(self._queued)
         if next(self._puts) % self.batch_size == 0:
             self._wake.set()  # a batch's worth: no need to wait for the interval
 
@@ -203,8 +204,7 @@ class RemoteWriter:
     def _refuse(self) -> bool:
         if not self._closed and len(self._queue) + self._in_flight < self._queue_size:
             return False
-        self._n_dropped += 1
-        n = self._n_dropped
+        n = self._n_dropped = next(self._dropped)
         if not self._closed and (n in (1, 10, 100) or n % 10_000 == 0):
             log.warning("store queue full: %d events dropped so far", n)
         return True
@@ -229,14 +229,12 @@ class RemoteWriter:
         self._wake.set()
         self._sender.join(max(0.0, deadline - time.monotonic()))
         child = self._child
-        left = sum(1 for r in self._queue if type(r) is tuple)
-        if child is None or left:
-            left += sum(n for _, n in self._unacked.values()) if child is None else 0
-            if left:
-                # no process to hand them to (it could not be started again): counted
-                self._lost += left
-                log.error("store: %d decisions lost: no store writer process", left)
+        if self._unacked and (child is None or child.proc.poll() is not None):
+            # the child died after the last batch was sent: one more to take them
+            self._restart()
+            child = self._child
         if child is None:
+            self._lose()  # no process to hand them to: none could be started
             return
         with contextlib.suppress(OSError, ValueError):
             assert child.proc.stdin is not None
@@ -248,11 +246,15 @@ class RemoteWriter:
             log.error("store writer process did not finish within %.0f s", timeout)
             return
         child.reader.join(5)
-        if self._unacked:
-            log.error(
-                "store writer process stopped with %d batches unacknowledged",
-                len(self._unacked),
-            )
+        self._lose()
+
+    def _lose(self) -> None:
+        """At close: count what no child took (still queued, or never acknowledged)."""
+        n = sum(1 for r in self._queue if type(r) is tuple)
+        n += sum(decisions for _, decisions in self._unacked.values())
+        if n:
+            self._lost += n
+            log.error("store: %d decisions lost: no store writer process took them", n)
 
     @property
     def stats(self) -> WriterStats:
@@ -339,7 +341,6 @@ class RemoteWriter:
                     self._markers = [m for m in self._markers if m.seq > self._acked]
                 for m in done:
                     m.done.set()
-                self._acked_event.set()
 
     # -- the sender thread ---------------------------------------------------------------
 
