@@ -184,7 +184,7 @@ def looks_binary(data: bytes) -> bool:
     head = data[:512]
     if not head:
         return False
-    if b"\x00" in head:
+    if head.find(b"\x00") >= 0:  # find, not ``in`` (see findings.scan_bytes)
         return True
     ctrl = sum(1 for b in head if b < 9 or 13 < b < 32)
     return ctrl * 10 > len(head)

@@ -183,14 +183,15 @@ def _body_json(req: _Request, data: bytes, path_typed: bool) -> None:
         )
         # identity and password may sit in a nested object ({"user": {"email", "password"}})
         if rules.field_account(keys, has_password) or (
-            has_password and any(m in data for m in _IDENTITY_MEMBERS)
+            has_password and any(data.find(m) >= 0 for m in _IDENTITY_MEMBERS)
         ):
             req.types.append(P.ACCOUNT)
     if P.CHAT_PROMPT in req.types or P.COMPLETION in req.types:
-        # one substring pass each in the common case (no media in the chat)
-        if b"image" in data and any(m in data for m in _IMAGE_MARKERS):
+        # one substring pass each in the common case (no media in the chat); find, not
+        # ``in``, for bytes (see findings.scan_bytes)
+        if data.find(b"image") >= 0 and any(data.find(m) >= 0 for m in _IMAGE_MARKERS):
             req.types.append(P.IMAGE)
-        if b"audio" in data and any(m in data for m in _AUDIO_MARKERS):
+        if data.find(b"audio") >= 0 and any(data.find(m) >= 0 for m in _AUDIO_MARKERS):
             req.types.append(P.AUDIO)
 
 

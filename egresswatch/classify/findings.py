@@ -487,18 +487,21 @@ def scan_bytes(b: bytes, where: str, out: Findings) -> bool:
     if not b:
         return False
     limited = False
-    if b"@" in b:
+    # bytes.find, not ``in``: ``needle in data`` first tries the needle as an integer
+    # (``5 in b"..."`` is legal) and builds and drops a TypeError before it searches,
+    # ~0.5 us a test here, which was more than the search of a 1 KiB body.
+    if b.find(b"@") >= 0:
         limited = _scan_emails(b, where, out)
-    if b"-----BEGIN " in b:
+    if b.find(b"-----BEGIN ") >= 0:
         for m in _PEM.finditer(b):
             label = m.group(1).decode("ascii")
             detail = label.replace("PRIVATE KEY", "").replace("BLOCK", "").strip().lower()
             _add(out, FindingKind.PRIVATE_KEY, m.group(0).decode("ascii"), where, detail or "pkcs8")
     limited = _scan_secrets(b, where, out) or limited
     folded = b.translate(FOLD_TABLE)
-    if b"00" in folded:
+    if folded.find(b"00") >= 0:
         limited = _scan_digits(b, folded, where, out) or limited
-        if b"AA00" in folded:
+        if folded.find(b"AA00") >= 0:
             limited = _scan_ibans(b, folded, where, out) or limited
     return limited
 
@@ -532,7 +535,7 @@ def _json_string(b: bytes, start: int) -> str | None:
             break
         end += 1
     raw = b[start:end]
-    if b"\\" in raw:
+    if raw.find(b"\\") >= 0:
         try:
             value = json.loads(b'"' + raw + b'"')
         except ValueError:
