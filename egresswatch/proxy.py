@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import fnmatch
 import functools
+import gc
 import ipaddress
 import json
 import logging
@@ -234,6 +235,22 @@ def _framing(h: http.Headers) -> tuple[str | None, str]:
         b", ".join(length).decode("utf-8", "surrogateescape") if length else None,
         b", ".join(coding).decode("utf-8", "surrogateescape"),
     )
+
+
+#: ALPN offers as sent -> as text; clients offer the same few lists on every connection.
+_ALPN: dict[tuple[bytes, ...], tuple[str, ...]] = {}
+
+
+def _alpn(offers: Sequence[bytes]) -> tuple[str, ...]:
+    if not offers:
+        return ()
+    key = tuple(offers)
+    hit = _ALPN.get(key)
+    if hit is None:
+        hit = tuple(a.decode("ascii", "replace") for a in key)
+        if len(_ALPN) < 256:  # bounded: odd lists from one client cannot grow it
+            _ALPN[key] = hit
+    return hit
 
 
 def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
@@ -553,6 +570,7 @@ class EgressWatch:
     def running(self) -> None:
         self._running = True
         self._require_lazy()
+        _freeze_startup_objects()
 
     def done(self) -> None:
         # Records still waiting for a process lookup go out now, without the process:
@@ -690,28 +708,48 @@ class EgressWatch:
     def _http_obs(
         self, flow: http.HTTPFlow, stage: Stage, body: bytes = b"", truncated: bool = False
     ) -> Observation:
+        # Once per request on the hot path: what _cached_addr, _name_of and _client_fields
+        # answer, inlined, with one address test instead of three.
         req = flow.request
+        client = flow.client_conn
         host, port = flow.server_conn.address or (req.host, req.port)
+        if host is None:
+            dst_addr = dns_name = None
+        elif host and _is_ip_cached(host):
+            dst_addr = host
+            hit = self._names.get(host)
+            dns_name = hit[0] if hit is not None and hit[1] > time.monotonic() else None
+        else:
+            known = self._dns.get(host)
+            dst_addr = known[0] if known else None
+            dns_name = host
         headers = _headers(req.headers)
+        ua = _first(headers, "user-agent")
+        proc = self._process_now(client)
+        peer = client.peername
         return Observation(
             sensor=Sensor.PROXY,
             transport=Transport.UDP if req.is_http3 else Transport.TCP,
             protocol=Proto.HTTPS if req.scheme == "https" else Proto.HTTP,
-            dst_addr=self._cached_addr(host),
+            dst_addr=dst_addr,
             dst_port=port,
             stage=stage,
             flow_id=flow.id,
-            sni=flow.client_conn.sni,
+            sni=client.sni,
             http_host=_host_of(_first(headers, "host") or req.authority or req.host),
-            dns_name=self._name_of(host),
-            alpn=tuple(a.decode("ascii", "replace") for a in flow.client_conn.alpn_offers),
+            dns_name=dns_name,
+            alpn=_alpn(client.alpn_offers),
             method=req.method,
             path=req.path,
             headers=headers,
             body=body,
             body_truncated=truncated,
             bytes_out=len(body),
-            **self._client_fields(flow.client_conn, _first(headers, "user-agent")),
+            client_addr=peer[0] if peer else None,
+            client_port=peer[1] if peer else None,
+            client_app=app_hint(ua) or (proc.name if proc else None),
+            client_pid=proc.pid if proc else None,
+            client_process=proc.name if proc else None,
         )
 
     def _answer_blocked(self, flow: http.HTTPFlow, decision: Decision) -> None:
@@ -755,7 +793,7 @@ class EgressWatch:
             flow_id=client.id,
             sni=sni,
             dns_name=self._name_of(host),
-            alpn=tuple(a.decode("ascii", "replace") for a in data.client_hello.alpn_protocols),
+            alpn=_alpn(data.client_hello.alpn_protocols),
             **self._client_fields(client, None),
         )
         decision = self._judge(obs)
@@ -1048,6 +1086,28 @@ class EgressWatch:
             ),
             flow.client_conn,
         )
+
+
+_frozen = False
+
+
+def _freeze_startup_objects() -> None:
+    """Move what start-up built out of the cyclic garbage collector's sight, once.
+
+    mitmproxy's and our own modules, the catalog, the GeoIP readers, the policy and
+    the store's engine live as long as the process. Every full collection walked all
+    of them again: in a loaded mitmdump that was ~70-100 ms per full collection, a
+    stall for every request in flight, and with this addon loaded its share of the
+    proxy's CPU grew by about a third (docs/performance.md). Frozen objects are still
+    freed by reference counting; only cycles among them would stay, and start-up
+    objects do not become garbage.
+    """
+    global _frozen
+    if _frozen:
+        return
+    _frozen = True
+    gc.collect()  # start-up's own garbage goes first, not into the permanent generation
+    gc.freeze()
 
 
 def _with_process(decision: Decision, proc: ProcessInfo | None) -> Decision:
