@@ -364,6 +364,25 @@ class _DecisionCounts(Collector):
         else:
             values[key] = value + amount
 
+    def count(
+        self, keys: Iterable[tuple[int, _Key]], latency: tuple[str, str], seconds: float
+    ) -> None:
+        """One decision: one on each (metric, series) of ``keys``, and its latency.
+
+        The caller holds :attr:`lock`. One call per decision: ``add`` once per series
+        was a Python call each, five of them per proxied request.
+        """
+        values, created = self.values, self.created
+        for metric, key in keys:
+            series = values[metric]
+            value = series.get(key)
+            if value is None:
+                created[metric][key] = time.time()
+                series[key] = 1.0
+            else:
+                series[key] = value + 1.0
+        self.observe(latency, seconds)
+
     def observe(self, key: tuple[str, str], seconds: float) -> None:
         """One latency observation; the caller holds :attr:`lock`."""
         row = self.latency.get(key)
@@ -493,26 +512,25 @@ class Metrics:
         verdict = (decision.verdict.label,)
         action = decision.verdict.action
         assessment = decision.assessment
+        keys = [(_DECISIONS, (labels, verdict))]
+        for payload_type in assessment.payload_types:
+            keys.append((_PAYLOADS, (labels, (str(payload_type), *verdict))))
+        for finding in assessment.findings:
+            keys.append((_FINDINGS, (labels, (str(finding.kind),))))
+        if action is Action.BLOCK:
+            keys.append((_BLOCKED, (labels, verdict)))
+        if action is not Action.ALLOW:
+            keys.append((_ALERTS, (labels, verdict)))
         flow_id = decision.observation.flow_id
         counts = self._counts
-        add = counts.add
         with counts.lock:
             flows = self._flows
             if flow_id not in flows:
                 flows[flow_id] = labels
                 if len(flows) > FLOW_TABLE_SIZE:
                     flows.popitem(last=False)
-                add(_FLOWS, (labels, ()))
-            add(_DECISIONS, (labels, verdict))
-            for payload_type in assessment.payload_types:
-                add(_PAYLOADS, (labels, (str(payload_type), *verdict)))
-            for finding in assessment.findings:
-                add(_FINDINGS, (labels, (str(finding.kind),)))
-            if action is Action.BLOCK:
-                add(_BLOCKED, (labels, verdict))
-            if action is not Action.ALLOW:
-                add(_ALERTS, (labels, verdict))
-            counts.observe((self.sensor, labels[1]), max(0.0, decision.elapsed))
+                keys.append((_FLOWS, (labels, ())))
+            counts.count(keys, (self.sensor, labels[1]), max(0.0, decision.elapsed))
 
     def flow_closed(self, event: FlowClosed) -> None:
         counts = self._counts

@@ -56,18 +56,21 @@ class FanOut:
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = list(sinks)
         self.errors = 0
+        # bound once: record() runs for every request a proxy passes
+        self._records = tuple(sink.record for sink in self.sinks)
+        self._closes = tuple(sink.flow_closed for sink in self.sinks)
 
     def record(self, decision: Decision) -> None:
-        for sink in self.sinks:
+        for record in self._records:
             try:
-                sink.record(decision)
+                record(decision)
             except Exception:  # a sink bug must never take traffic down
                 self.errors += 1
 
     def flow_closed(self, event: FlowClosed) -> None:
-        for sink in self.sinks:
+        for closed in self._closes:
             try:
-                sink.flow_closed(event)
+                closed(event)
             except Exception:
                 self.errors += 1
 

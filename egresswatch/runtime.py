@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from egresswatch.inspector import Inspector
-from egresswatch.model import Decision, FlowClosed, Mode
+from egresswatch.model import Mode
 from egresswatch.ports import FanOut, Sink
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def load_policy(settings: Settings) -> Policy:
     return policy
 
 
-class Sinks:
+class Sinks(FanOut):
     """Store writer, metrics and alerts behind one ``ports.Sink``; ``close`` flushes in order.
 
     ``record`` and ``flow_closed`` only enqueue (store, alerts) or bump counters
@@ -136,13 +136,8 @@ class Sinks:
             parts.append(writer)
         if alerts is not None:
             parts.append(alerts)
-        self._fan = FanOut(parts)
-
-    def record(self, decision: Decision) -> None:
-        self._fan.record(decision)
-
-    def flow_closed(self, event: FlowClosed) -> None:
-        self._fan.flow_closed(event)
+        # record and flow_closed are FanOut's own: no extra call per request
+        super().__init__(parts)
 
     def close(self) -> None:
         """Deliver pending alerts, flush the store, stop the metrics listener."""
