@@ -364,6 +364,12 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=4, help="keep-alive connections")
     ap.add_argument("--hooks-only", action="store_true", help="only the in-process hook cost")
     ap.add_argument(
+        "--scheme",
+        choices=("http", "https", "both"),
+        default="both",
+        help="plain HTTP (absolute-form), HTTPS (CONNECT + TLS), or both (default)",
+    )
+    ap.add_argument(
         "--addon-set",
         action="append",
         default=[],
@@ -377,8 +383,8 @@ def main() -> None:
         help="do not pin the proxies to their own core (default: pinned when >= 2 CPUs)",
     )
     args = ap.parse_args()
-    if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 10 or not 0 < args.connections <= 64:
-        raise SystemExit("bounds: seconds 0-60, rounds 1-10, connections 1-64")
+    if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 40 or not 0 < args.connections <= 64:
+        raise SystemExit("bounds: seconds 0-60, rounds 1-40, connections 1-64")
 
     from helpers.geoip import build_lab_db
 
@@ -448,15 +454,18 @@ def main() -> None:
                 f" {'proxy CPU us/req':>17} {'wakeups/req':>12}"
             )
             print(header)
-            for scheme, sport in (("http", http_port), ("https", https_port)):
+            schemes = (("http", http_port), ("https", https_port))
+            for scheme, sport in [x for x in schemes if args.scheme in (x[0], "both")]:
                 merged = {"bare": Result(), "addon": Result()}
                 # warm-up: certificates, connection pools, caches
                 for name in merged:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
                 round_ratios: list[float] = []
-                for _ in range(args.rounds):
+                for i in range(args.rounds):
                     per_request: dict[str, float] = {}
-                    for name in ("bare", "addon"):
+                    # bare first, then addon first: a box that speeds up or slows down
+                    # during a round favours neither side over the run
+                    for name in ("bare", "addon") if i % 2 == 0 else ("addon", "bare"):
                         cpu = proc_cpu(pids[name])
                         switches = proc_switches(pids[name])
                         r = asyncio.run(
@@ -509,8 +518,8 @@ def main() -> None:
                 # grows with any per-request cost (2 ms at 20 ms is 10%); this is the time the
                 # addon adds to a request the proxy has capacity for.
                 lone = {"bare": Result(), "addon": Result()}
-                for _ in range(args.rounds):
-                    for name in ("bare", "addon"):
+                for i in range(args.rounds):
+                    for name in ("bare", "addon") if i % 2 == 0 else ("addon", "bare"):
                         r = asyncio.run(
                             load(ports[name], scheme, sport, body, ca, args.seconds / 2, 1)
                         )
