@@ -1,6 +1,7 @@
 """What the egresswatch addon costs mitmproxy: bare mitmdump vs mitmdump + full pipeline.
 
-    .venv/bin/python bench/proxy.py [--seconds 5] [--rounds 2] [--connections 4]
+    .venv/bin/python bench/proxy.py [--seconds 5] [--rounds 2] [--connections 4] [--scheme http]
+    .venv/bin/python bench/proxy.py --instructions 300     # load-independent, needs valgrind
 
 Everything on loopback: one test server (HTTP and HTTPS, its own CA), two mitmdump
 processes started in the same run with the same options (lazy connections, upstream
@@ -28,6 +29,7 @@ import asyncio  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import ssl  # noqa: E402
 import statistics  # noqa: E402
@@ -172,6 +174,7 @@ async def _connection(
     ca: Path,
     stop: float,
     result: Result,
+    count: int | None = None,
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
     if scheme == "https":
@@ -192,7 +195,7 @@ async def _connection(
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     try:
-        while time.monotonic() < stop:
+        while time.monotonic() < stop and (count is None or len(result.latencies) < count):
             t = time.perf_counter()
             writer.write(request)
             status = await _read_response(reader)
@@ -343,6 +346,158 @@ def hook_cost(tmp: Path, n: int) -> None:
         )
 
 
+def start_server(pki: Any, http_port: int, https_port: int) -> subprocess.Popen[bytes]:
+    """The test server (tests/helpers/servers.py) on loopback, HTTP and HTTPS."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tests/helpers/servers.py"),
+            "--bind",
+            "127.0.0.1",
+            "--http",
+            str(http_port),
+            "--https",
+            str(https_port),
+            "--cert",
+            str(pki.cert),
+            "--key",
+            str(pki.key),
+            "--log",
+            "/dev/null",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
+def _callgrind_total(path: Path) -> int:
+    """The instruction total of a callgrind output file (its ``totals:`` line).
+
+    Not ``summary:``, which callgrind writes as 0 when counting started switched off.
+    """
+    totals = [
+        int(line.split()[1])
+        for line in path.read_text(errors="replace").splitlines()
+        if line.startswith("totals:")
+    ]
+    if not totals:
+        raise SystemExit(f"no totals in {path}: did callgrind finish?")
+    return sum(totals)
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _callgrind_toggle(pids: list[int], on: bool) -> None:
+    for pid in pids:
+        subprocess.run(
+            ["callgrind_control", "-i", "on" if on else "off", str(pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
+def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[str]) -> None:
+    """Instructions per request through bare and addon mitmdump, counted by callgrind.
+
+    Load-independent (the box's speed changes nothing here): each mitmdump runs under
+    ``valgrind --tool=callgrind`` with counting off; after a warm-up, counting is
+    switched on in the proxy and in its children (the addon's store process), ``n``
+    requests go through one keep-alive connection, and counting is switched off.
+    Kernel time is not counted, nor anything the CPU's caches add.
+
+    The store process's figure is an upper bound: under callgrind the proxy passes
+    ~10 requests/s, so the store's batches (every 0.5 s) hold a few decisions and
+    each batch's commit and acknowledgement is shared by few. Fed directly, the
+    store process costs ~105,000 instructions a decision plus ~360,000 a batch
+    (docs/performance.md): ~110,000 a decision at 100 a batch.
+    """
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        raise SystemExit("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    http_port, https_port = free_port(), free_port()
+    server = start_server(pki, http_port, https_port)
+    body = chat_body()
+    print(f"instructions per request (callgrind), {n} requests, one keep-alive connection")
+    print(
+        f"{'scheme':6} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
+        f" {'proxy process only':>19}"
+    )
+    try:
+        wait_port(https_port, server)
+        for scheme in schemes:
+            sport = http_port if scheme == "http" else https_port
+            per: dict[str, tuple[float, float]] = {}
+            for name in ("bare", "addon"):
+                port = free_port()
+                out = tmp / f"callgrind.{scheme}.{name}"
+                out.mkdir()
+                cmd = [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--instr-atstart=no",
+                    "--trace-children=yes",
+                    f"--callgrind-out-file={out}/%p",
+                    *mitmdump(tmp, port, pki.ca_cert, name == "addon", free_port(), extra),
+                ]
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                try:
+                    wait_port(port, proc, timeout=600)
+                    ca = tmp / "mitm" / "mitmproxy-ca-cert.pem"
+                    asyncio.run(_count(port, scheme, sport, body, ca, 40))
+                    pids = [proc.pid, *_children(proc.pid)]
+                    _callgrind_toggle(pids, True)
+                    done = asyncio.run(_count(port, scheme, sport, body, ca, n))
+                    _callgrind_toggle(pids, False)
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(300)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                for pid in pids[1:]:  # a child writes its counts when it exits
+                    deadline = time.monotonic() + 300
+                    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+                        time.sleep(0.2)
+                if done.errors or len(done.latencies) != n:
+                    raise SystemExit(f"{scheme} {name}: {done.errors} errors")
+                own = _callgrind_total(out / str(proc.pid))
+                others = sum(_callgrind_total(f) for f in out.iterdir() if f.name != str(proc.pid))
+                per[name] = (own / n, others / n)
+            bare = sum(per["bare"])
+            addon_own, child = per["addon"]
+            added = addon_own + child - bare
+            print(
+                f"{scheme:6} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
+                f"{added / bare:+8.1%} {bare / (addon_own + child):6.3f}x "
+                f"{(addon_own - bare) / bare:+10.1%} {bare / addon_own:6.3f}x"
+            )
+        print(
+            "ratio: bare/(addon + store process), the throughput ratio of one core doing"
+            " both;\nthe store process's count is an upper bound at callgrind's pace"
+            " (see instructions() in this file)"
+        )
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def _count(
+    proxy_port: int, scheme: str, server_port: int, body: bytes, ca: Path, n: int
+) -> Result:
+    result = Result()
+    stop = time.monotonic() + 600
+    await asyncio.wait_for(
+        _connection(proxy_port, scheme, server_port, body, ca, stop, result, n), timeout=900
+    )
+    return result
+
+
 def cpu_split(pin: bool) -> tuple[set[int], set[int]]:
     """(CPUs for the proxies, CPUs for the load generator and server); empty: no pinning.
 
@@ -382,6 +537,13 @@ def main() -> None:
         action="store_false",
         help="do not pin the proxies to their own core (default: pinned when >= 2 CPUs)",
     )
+    ap.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="instead: count instructions per request under callgrind, bare vs addon, N "
+        "requests (1-2000; ~4 min for 300); needs valgrind",
+    )
     args = ap.parse_args()
     if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 40 or not 0 < args.connections <= 64:
         raise SystemExit("bounds: seconds 0-60, rounds 1-40, connections 1-64")
@@ -395,6 +557,12 @@ def main() -> None:
         pki = make_pki(tmp / "pki", [HOST], ["127.0.0.1"])
         build_lab_db(tmp / "lab.mmdb")
         (tmp / "policy.toml").write_text(POLICY)
+        if args.instructions is not None:
+            if not 0 < args.instructions <= 2000:
+                raise SystemExit("bounds: --instructions 1-2000")
+            schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
+            instructions(tmp, pki, args.instructions, schemes, args.addon_set)
+            return
         hook_cost(tmp, 3000)
         if args.hooks_only:
             return
@@ -403,25 +571,7 @@ def main() -> None:
         if other_cpus:
             os.sched_setaffinity(0, other_cpus)  # the load generator; the server inherits it
         try:
-            server = subprocess.Popen(
-                [
-                    sys.executable,
-                    str(ROOT / "tests/helpers/servers.py"),
-                    "--bind",
-                    "127.0.0.1",
-                    "--http",
-                    str(http_port),
-                    "--https",
-                    str(https_port),
-                    "--cert",
-                    str(pki.cert),
-                    "--key",
-                    str(pki.key),
-                    "--log",
-                    "/dev/null",
-                ],
-                stdout=subprocess.DEVNULL,
-            )
+            server = start_server(pki, http_port, https_port)
             procs.append(server)
             wait_port(https_port, server)
             ports = {"bare": free_port(), "addon": free_port()}
