@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
+import sys
 
 import pytest
 from helpers import mitm
@@ -500,3 +502,32 @@ async def test_records_waiting_for_a_process_lookup_are_flushed_at_shutdown() ->
     pending.set_result(None)  # the lookup answers late: nothing is recorded twice
     await asyncio.sleep(0)
     assert sink.decisions == [decision] and len(sink.closed) == 1
+
+
+def test_alpn_offers_as_text_and_bounded() -> None:
+    assert proxy._alpn(()) == ()
+    assert proxy._alpn([b"h2", b"http/1.1"]) == ("h2", "http/1.1")
+    assert proxy._alpn([b"h2", b"\xff"]) == ("h2", "\ufffd")
+    for i in range(600):  # odd lists from one client must not grow the cache without end
+        assert proxy._alpn([f"x{i}".encode()]) == (f"x{i}",)
+    assert len(proxy._ALPN) <= 256
+
+
+def test_running_freezes_startup_objects_once() -> None:
+    # in a fresh interpreter: freezing this test process would touch every other test
+    code = (
+        "import gc\n"
+        "from egresswatch import proxy\n"
+        "before = gc.get_freeze_count()\n"
+        "proxy._freeze_startup_objects()\n"
+        "first = gc.get_freeze_count() - before\n"
+        "junk = [[i] for i in range(1000)]\n"
+        "proxy._freeze_startup_objects()\n"
+        "print(first, gc.get_freeze_count() - before - first)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    first, again = (int(x) for x in out.stdout.split())
+    assert first > 10_000  # mitmproxy's and egresswatch's modules, at least
+    assert again == 0  # once per process: later objects stay collectable
