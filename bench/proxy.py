@@ -538,6 +538,11 @@ def main() -> None:
         help="do not pin the proxies to their own core (default: pinned when >= 2 CPUs)",
     )
     ap.add_argument(
+        "--control",
+        action="store_true",
+        help="also run a second bare mitmdump and print bare/control: the noise floor",
+    )
+    ap.add_argument(
         "--instructions",
         type=int,
         metavar="N",
@@ -574,7 +579,8 @@ def main() -> None:
             server = start_server(pki, http_port, https_port)
             procs.append(server)
             wait_port(https_port, server)
-            ports = {"bare": free_port(), "addon": free_port()}
+            names = ["bare", "addon", *(["control"] if args.control else [])]
+            ports = {name: free_port() for name in names}
             pids: dict[str, int] = {}
             for name, port in ports.items():
                 p = subprocess.Popen(
@@ -606,16 +612,17 @@ def main() -> None:
             print(header)
             schemes = (("http", http_port), ("https", https_port))
             for scheme, sport in [x for x in schemes if args.scheme in (x[0], "both")]:
-                merged = {"bare": Result(), "addon": Result()}
+                merged = {name: Result() for name in names}
                 # warm-up: certificates, connection pools, caches
                 for name in merged:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
                 round_ratios: list[float] = []
+                control_ratios: list[float] = []
                 for i in range(args.rounds):
                     per_request: dict[str, float] = {}
-                    # bare first, then addon first: a box that speeds up or slows down
-                    # during a round favours neither side over the run
-                    for name in ("bare", "addon") if i % 2 == 0 else ("addon", "bare"):
+                    # each round starts with another proxy: a box that speeds up or slows
+                    # down during a round favours none of them over the run
+                    for name in names[i % len(names) :] + names[: i % len(names)]:
                         cpu = proc_cpu(pids[name])
                         switches = proc_switches(pids[name])
                         r = asyncio.run(
@@ -633,6 +640,8 @@ def main() -> None:
                         m.seconds += r.seconds
                     if per_request["addon"] > 0:
                         round_ratios.append(per_request["bare"] / per_request["addon"])
+                    if per_request.get("control", 0) > 0:
+                        control_ratios.append(per_request["bare"] / per_request["control"])
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
@@ -662,6 +671,14 @@ def main() -> None:
                         f"{scheme:6} CPU    {statistics.median(round_ratios):8.2f}x  median of "
                         f"{len(round_ratios)} rounds (range {min(round_ratios):.2f}-"
                         f"{max(round_ratios):.2f})"
+                    )
+                if control_ratios:
+                    # two identical bare proxies: how far apart the method puts equals
+                    print(
+                        f"{scheme:6} A/A    {statistics.median(control_ratios):8.2f}x  "
+                        f"bare/control (a second bare mitmdump), median of "
+                        f"{len(control_ratios)} rounds (range {min(control_ratios):.2f}-"
+                        f"{max(control_ratios):.2f}): the noise floor of the ratios above"
                     )
                 # Latency without queueing: one connection, one request at a time. Under the
                 # saturating load above, a request waits behind the others, so p99 there
