@@ -512,7 +512,7 @@ class Metrics:
         verdict = (decision.verdict.label,)
         action = decision.verdict.action
         assessment = decision.assessment
-        keys = [(_DECISIONS, (labels, verdict))]
+        keys: list[tuple[int, _Key]] = [(_DECISIONS, (labels, verdict))]
         for payload_type in assessment.payload_types:
             keys.append((_PAYLOADS, (labels, (str(payload_type), *verdict))))
         for finding in assessment.findings:
