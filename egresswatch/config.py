@@ -138,7 +138,7 @@ def parse_size(value: Any) -> int:
         if value < 0:
             raise ValueError(f"size must not be negative: {value}")
         return value
-    from egresswatch.proxy import parse_size as proxy_size
+    from egresswatch.proxy_options import parse_size as proxy_size
 
     return proxy_size(parse_str(value))
 
@@ -236,7 +236,7 @@ def list_of(item: Parser) -> Parser:
 
 
 def parse_host_pattern(value: Any) -> str:
-    from egresswatch.proxy import parse_passthrough
+    from egresswatch.proxy_options import parse_passthrough
 
     return parse_passthrough([parse_str(value)])[0]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,21 @@ def test_checker_sees_forbidden_import(tmp_path: Path) -> None:
     sample = tmp_path / "x.py"
     sample.write_text("import socket\nfrom mitmproxy import http\n")
     assert _imported_roots(sample) & FORBIDDEN == {"socket", "mitmproxy"}
+
+
+def test_proxy_options_load_without_mitmproxy() -> None:
+    # the config file and the CLI check proxy options with these functions: checking a
+    # pass-through pattern must not cost mitmproxy's import (~1 s)
+    code = (
+        "import sys\n"
+        "from egresswatch import proxy_options\n"
+        "from egresswatch import config\n"
+        "proxy_options.parse_passthrough(['*.apple.com'])\n"
+        "config.parse_host_pattern('*.apple.com')\n"
+        "config.parse_size('64k')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mitmproxy'))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mitmproxy import exceptions, hooks
 from mitmproxy.proxy import server_hooks
 
-from egresswatch import proxy
+from egresswatch import proxy, proxy_options
 from egresswatch.clientinfo import app_hint
 from egresswatch.model import Mode, Stage
 
@@ -98,7 +98,7 @@ def test_bad_build_option_is_options_error() -> None:
     ("text", "size"), [("4096", 4096), ("64k", 65536), ("1m", 1 << 20), ("2KiB", 2048)]
 )
 def test_parse_size(text: str, size: int) -> None:
-    assert proxy.parse_size(text) == size
+    assert proxy_options.parse_size(text) == size
 
 
 @pytest.mark.parametrize(
@@ -106,13 +106,13 @@ def test_parse_size(text: str, size: int) -> None:
     [("9721", ("127.0.0.1", 9721)), ("0.0.0.0:80", ("0.0.0.0", 80)), ("[::1]:9", ("::1", 9))],
 )
 def test_parse_listen(text: str, pair: tuple[str, int]) -> None:
-    assert proxy.parse_listen(text) == pair
+    assert proxy_options.parse_listen(text) == pair
 
 
 @pytest.mark.parametrize("text", ["", "x", "1.2.3.4:99999", "[::1]9"])
 def test_parse_listen_rejects(text: str) -> None:
     with pytest.raises(ValueError):
-        proxy.parse_listen(text)
+        proxy_options.parse_listen(text)
 
 
 def test_enforce_mode_switches_to_lazy_connections() -> None:
@@ -475,7 +475,7 @@ async def test_destination_known_by_name_is_resolved_once_for_judging() -> None:
 @given(st.text(max_size=12))
 def test_parse_size_returns_bytes_or_value_error(text: str) -> None:
     try:
-        value = proxy.parse_size(text)
+        value = proxy_options.parse_size(text)
     except ValueError:
         return
     assert isinstance(value, int) and value >= 0

@@ -81,7 +81,7 @@ class SizeType(click.ParamType):
     name = "size"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        from egresswatch.proxy import parse_size
+        from egresswatch.proxy_options import parse_size
 
         if isinstance(value, int):
             return value
@@ -95,7 +95,7 @@ class HostPatternType(click.ParamType):
     name = "host"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from egresswatch.proxy import parse_passthrough
+        from egresswatch.proxy_options import parse_passthrough
 
         try:
             return parse_passthrough([str(value)])[0]
