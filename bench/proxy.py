@@ -369,6 +369,16 @@ def start_server(pki: Any, http_port: int, https_port: int) -> subprocess.Popen[
     )
 
 
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    """Terminate, wait up to ``timeout`` seconds, then kill."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _callgrind_total(path: Path) -> int:
     """The instruction total of a callgrind output file (its ``totals:`` line).
 
@@ -454,12 +464,7 @@ def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[st
                     done = asyncio.run(_count(port, scheme, sport, body, ca, n))
                     _callgrind_toggle(pids, False)
                 finally:
-                    proc.terminate()
-                    try:
-                        proc.wait(300)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                    _stop(proc, 300)
                 for pid in pids[1:]:  # a child writes its counts when it exits
                     deadline = time.monotonic() + 300
                     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
@@ -703,12 +708,7 @@ def main() -> None:
                 )
         finally:
             for p in reversed(procs):
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                _stop(p, 10)
         rows = 0
         db = tmp / "bench.db"
         if db.exists():

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers.fresh import fresh_python
 
 PKG = Path(__file__).resolve().parent.parent / "egresswatch"
 CORE = ["model.py", "ports.py", "errors.py", "inspector.py", "policy", "catalog.py", "classify"]
@@ -59,7 +58,5 @@ def test_proxy_options_load_without_mitmproxy() -> None:
         "config.parse_size('64k')\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mitmproxy'))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip() == "[]"
+    out = fresh_python(code)
+    assert out.strip() == "[]"

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 
 import pytest
 from helpers import mitm
+from helpers.fresh import fresh_python
 from hypothesis import given
 from hypothesis import strategies as st
 from mitmproxy import exceptions, hooks
@@ -525,9 +524,7 @@ def test_running_freezes_startup_objects_once() -> None:
         "proxy._freeze_startup_objects()\n"
         "print(first, gc.get_freeze_count() - before - first)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    first, again = (int(x) for x in out.stdout.split())
+    out = fresh_python(code)
+    first, again = (int(x) for x in out.split())
     assert first > 10_000  # mitmproxy's and egresswatch's modules, at least
     assert again == 0  # once per process: later objects stay collectable
