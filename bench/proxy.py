@@ -1,6 +1,8 @@
 """What the egresswatch addon costs mitmproxy: bare mitmdump vs mitmdump + full pipeline.
 
     .venv/bin/python bench/proxy.py [--seconds 5] [--rounds 2] [--connections 4] [--scheme http]
+    .venv/bin/python bench/proxy.py --seconds 1 --rounds 40 --control \
+        --variant nostore:egresswatch_db=none   # + a second bare proxy and an addon variant
     .venv/bin/python bench/proxy.py --instructions 300     # load-independent, needs valgrind
 
 Everything on loopback: one test server (HTTP and HTTPS, its own CA), two mitmdump
@@ -503,6 +505,17 @@ async def _count(
     return result
 
 
+def _variant(text: str) -> tuple[str, list[str]]:
+    """``"thread:egresswatch_store_process=false"`` -> (name, [option, ...])."""
+    name, sep, opts = text.partition(":")
+    items = [o.strip() for o in opts.split(",") if o.strip()]
+    if not sep or not name or name in ("bare", "addon", "control") or not items:
+        raise SystemExit(f"--variant {text!r}: use NAME:OPT=VALUE[,OPT=VALUE]")
+    if any("=" not in o or not o.startswith("egresswatch_") for o in items):
+        raise SystemExit(f"--variant {text!r}: options are egresswatch_NAME=VALUE")
+    return name, items
+
+
 def cpu_split(pin: bool) -> tuple[set[int], set[int]]:
     """(CPUs for the proxies, CPUs for the load generator and server); empty: no pinning.
 
@@ -548,6 +561,14 @@ def main() -> None:
         help="also run a second bare mitmdump and print bare/control: the noise floor",
     )
     ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:OPT=VALUE[,OPT=VALUE]",
+        help="also run an addon mitmdump with these options in the same rounds, e.g. "
+        "nostore:egresswatch_db=none or thread:egresswatch_store_process=false",
+    )
+    ap.add_argument(
         "--instructions",
         type=int,
         metavar="N",
@@ -584,12 +605,29 @@ def main() -> None:
             server = start_server(pki, http_port, https_port)
             procs.append(server)
             wait_port(https_port, server)
-            names = ["bare", "addon", *(["control"] if args.control else [])]
+            variants = dict(_variant(v) for v in args.variant)
+            names = ["bare", "addon", *(["control"] if args.control else []), *variants]
             ports = {name: free_port() for name in names}
             pids: dict[str, int] = {}
             for name, port in ports.items():
                 p = subprocess.Popen(
-                    mitmdump(tmp, port, pki.ca_cert, name == "addon", free_port(), args.addon_set),
+                    mitmdump(
+                        tmp,
+                        port,
+                        pki.ca_cert,
+                        name not in ("bare", "control"),
+                        free_port(),
+                        # a variant's store is its own: no two proxies share a SQLite file
+                        [
+                            *(
+                                [f"egresswatch_db=sqlite:///{tmp / name}.db"]
+                                if name in variants
+                                else []
+                            ),
+                            *args.addon_set,
+                            *variants.get(name, []),
+                        ],
+                    ),
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
@@ -622,7 +660,8 @@ def main() -> None:
                 for name in merged:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
                 round_ratios: list[float] = []
-                control_ratios: list[float] = []
+                #: bare/name CPU per request, per round, for the control and the variants
+                other_ratios: dict[str, list[float]] = {n: [] for n in names[2:]}
                 for i in range(args.rounds):
                     per_request: dict[str, float] = {}
                     # each round starts with another proxy: a box that speeds up or slows
@@ -645,8 +684,9 @@ def main() -> None:
                         m.seconds += r.seconds
                     if per_request["addon"] > 0:
                         round_ratios.append(per_request["bare"] / per_request["addon"])
-                    if per_request.get("control", 0) > 0:
-                        control_ratios.append(per_request["bare"] / per_request["control"])
+                    for other, ratios in other_ratios.items():
+                        if per_request[other] > 0:
+                            ratios.append(per_request["bare"] / per_request[other])
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
@@ -677,13 +717,20 @@ def main() -> None:
                         f"{len(round_ratios)} rounds (range {min(round_ratios):.2f}-"
                         f"{max(round_ratios):.2f})"
                     )
-                if control_ratios:
-                    # two identical bare proxies: how far apart the method puts equals
+                for other, ratios in other_ratios.items():
+                    if not ratios:
+                        continue
+                    what = (
+                        "a second bare mitmdump: the noise floor of the ratios above"
+                        if other == "control"
+                        else "addon with " + " ".join(variants[other])
+                    )
                     print(
-                        f"{scheme:6} A/A    {statistics.median(control_ratios):8.2f}x  "
-                        f"bare/control (a second bare mitmdump), median of "
-                        f"{len(control_ratios)} rounds (range {min(control_ratios):.2f}-"
-                        f"{max(control_ratios):.2f}): the noise floor of the ratios above"
+                        f"{scheme:6} {'A/A' if other == 'control' else other[:6]:6} "
+                        f"{statistics.median(ratios):8.2f}x  "
+                        f"bare/{other} CPU per request, median of {len(ratios)} rounds "
+                        f"(range {min(ratios):.2f}-{max(ratios):.2f}; totals "
+                        f"{bare.cpu_per_request / merged[other].cpu_per_request:.2f}x): {what}"
                     )
                 # Latency without queueing: one connection, one request at a time. Under the
                 # saturating load above, a request waits behind the others, so p99 there
