@@ -594,11 +594,19 @@ class EgressWatch:
         names.pop(addr, None)  # re-insert: newest last
         names[addr] = (name, now + min(max(ttl, _NAME_TTL_MIN), _NAME_TTL_MAX))
 
-    def _cached_addr(self, host: str | None) -> str | None:
-        if host is None or _is_ip(host):
-            return host
-        hit = self._dns.get(host)
-        return hit[0] if hit else None
+    def _destination(self, host: str | None) -> tuple[str | None, str | None]:
+        """(address to judge, DNS name) of a destination known by address or by name.
+
+        An address is judged as is, under the name DNS answers gave it; a name is judged
+        at the address it last resolved to. Once per request: one address test.
+        """
+        if host is None:
+            return None, None
+        if host and _is_ip_cached(host):
+            hit = self._names.get(host)
+            return host, (hit[0] if hit is not None and hit[1] > time.monotonic() else None)
+        known = self._dns.get(host)
+        return (known[0] if known else None), host
 
     def _start_attribution(self, client: connection.Client) -> None:
         if not self._cfg.process_lookup or not client.peername:
@@ -633,23 +641,11 @@ class EgressWatch:
     def _http_obs(
         self, flow: http.HTTPFlow, stage: Stage, body: bytes = b"", truncated: bool = False
     ) -> Observation:
-        # Once per request on the hot path: what _cached_addr, _name_of and _client_fields
-        # answer, inlined, with one address test instead of three.
+        # once per request: the client fields inline (_client_fields builds a dict to splat)
         req = flow.request
         client = flow.client_conn
         host, port = flow.server_conn.address or (req.host, req.port)
-        dst_addr: str | None
-        dns_name: str | None
-        if host is None:
-            dst_addr = dns_name = None
-        elif host and _is_ip_cached(host):
-            dst_addr = host
-            hit = self._names.get(host)
-            dns_name = hit[0] if hit is not None and hit[1] > time.monotonic() else None
-        else:
-            known = self._dns.get(host)
-            dst_addr = known[0] if known else None
-            dns_name = host
+        dst_addr, dns_name = self._destination(host)
         headers = _headers(req.headers)
         ua = _first(headers, "user-agent")
         proc = self._process_now(client)
@@ -933,16 +929,17 @@ class EgressWatch:
 
     def _raw_obs(self, flow: tcp.TCPFlow | udp.UDPFlow, transport: Transport) -> Observation:
         host, port = flow.server_conn.address or (None, None)
+        dst_addr, dns_name = self._destination(host)
         return Observation(
             sensor=Sensor.PROXY,
             transport=transport,
             protocol=Proto.QUIC if transport is Transport.UDP and port == 443 else Proto.RAW,
-            dst_addr=self._cached_addr(host),
+            dst_addr=dst_addr,
             dst_port=port,
             stage=Stage.CONNECT,
             flow_id=flow.id,
             sni=flow.client_conn.sni,
-            dns_name=self._name_of(host),
+            dns_name=dns_name,
             **self._client_fields(flow.client_conn, None),
         )
 
