@@ -54,7 +54,7 @@ class FanOut:
     """Hands each event to several sinks; one failing sink does not starve the others."""
 
     def __init__(self, sinks: list[Sink]) -> None:
-        self.sinks = list(sinks)
+        self.sinks = tuple(sinks)  # fixed: the bound methods below are taken from it
         self.errors = 0
         # bound once: record() runs for every request a proxy passes
         self._records = tuple(sink.record for sink in self.sinks)

@@ -574,15 +574,6 @@ class EgressWatch:
         self._dns[host] = (addr, now + _DNS_TTL)
         return addr
 
-    def _name_of(self, host: str | None) -> str | None:
-        """The DNS name of a destination: itself if a name, else the name learned for it."""
-        if host is None:
-            return None
-        if not _is_ip(host):
-            return host
-        hit = self._names.get(host)
-        return hit[0] if hit is not None and hit[1] > time.monotonic() else None
-
     def _learn(self, addr: str, name: str, ttl: float, now: float) -> None:
         names = self._names
         if addr not in names and len(names) >= _NAMES_MAX:
@@ -598,7 +589,7 @@ class EgressWatch:
         """(address to judge, DNS name) of a destination known by address or by name.
 
         An address is judged as is, under the name DNS answers gave it; a name is judged
-        at the address it last resolved to. Once per request: one address test.
+        at the address it last resolved (see _resolve), under itself. One address test.
         """
         if host is None:
             return None, None
@@ -715,7 +706,7 @@ class EgressWatch:
             stage=Stage.CLIENTHELLO,
             flow_id=client.id,
             sni=sni,
-            dns_name=self._name_of(host),
+            dns_name=self._destination(host)[1],
             alpn=_alpn(data.client_hello.alpn_protocols),
             **self._client_fields(client, None),
         )

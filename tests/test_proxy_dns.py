@@ -149,16 +149,16 @@ def test_question_name_is_learned_not_the_cname_target() -> None:
     addon, _sink, _tctx = make()
     cname = dns.ResourceRecord.CNAME("api.deepseek.com", "edge.cdn.example", ttl=60)
     addon.dns_response(answered("api.deepseek.com", cname, a("edge.cdn.example", "192.0.2.30")))
-    assert addon._name_of("192.0.2.30") == "api.deepseek.com"
-    assert addon._name_of("api.openai.com") == "api.openai.com"  # a name is its own name
-    assert addon._name_of("198.51.100.99") is None
+    assert addon._destination("192.0.2.30")[1] == "api.deepseek.com"
+    assert addon._destination("api.openai.com")[1] == "api.openai.com"  # a name is its own name
+    assert addon._destination("198.51.100.99")[1] is None
 
 
 def test_aaaa_answers_are_learned() -> None:
     addon, _sink, _tctx = make()
     rr = dns.ResourceRecord.AAAA("api.deepseek.com", ipaddress.IPv6Address("2001:db8::30"))
     addon.dns_response(answered("api.deepseek.com", rr))
-    assert addon._name_of("2001:db8::30") == "api.deepseek.com"
+    assert addon._destination("2001:db8::30")[1] == "api.deepseek.com"
 
 
 def test_learned_names_expire_with_ttl_clamped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -168,11 +168,11 @@ def test_learned_names_expire_with_ttl_clamped(monkeypatch: pytest.MonkeyPatch) 
     addon.dns_response(answered("a.example", a("a.example", "192.0.2.1", ttl=5)))
     addon.dns_response(answered("b.example", a("b.example", "192.0.2.2", ttl=86_400)))
     now[0] += proxy._NAME_TTL_MIN - 1  # a 5 s TTL is kept for the minimum
-    assert addon._name_of("192.0.2.1") == "a.example"
+    assert addon._destination("192.0.2.1")[1] == "a.example"
     now[0] += 2
-    assert addon._name_of("192.0.2.1") is None
+    assert addon._destination("192.0.2.1")[1] is None
     now[0] = 1000.0 + proxy._NAME_TTL_MAX + 1  # a day-long TTL is cut to the maximum
-    assert addon._name_of("192.0.2.2") is None
+    assert addon._destination("192.0.2.2")[1] is None
 
 
 def test_learned_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,8 +183,8 @@ def test_learned_names_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         addon.dns_response(answered(f"h{i}.example", a(f"h{i}.example", str(host))))
         assert len(addon._names) <= 64
     # the newest answers are kept, the oldest dropped
-    assert addon._name_of("198.51.100.200") == "h199.example"
-    assert addon._name_of("198.51.100.1") is None
+    assert addon._destination("198.51.100.200")[1] == "h199.example"
+    assert addon._destination("198.51.100.1")[1] is None
 
 
 def test_failed_or_empty_answers_teach_nothing() -> None:
