@@ -81,6 +81,19 @@ def parse_bool(value: Any) -> bool:
     raise ValueError(f"expected true or false, got {value!r}")
 
 
+#: the value of a true/false setting that egresswatch chooses itself
+AUTO = "auto"
+
+
+def parse_bool_or_auto(value: Any) -> bool | str:
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ValueError(f'expected true, false or "auto", got {value!r}') from None
+
+
 def parse_positive_float(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a number of seconds, got a boolean")
@@ -478,10 +491,11 @@ FIELDS: tuple[Field, ...] = (
     ),
     _f(
         "store.process",
-        parse_bool,
-        True,
+        parse_bool_or_auto,
+        AUTO,
         "Write the database from a child process, so SQL never holds the sensor's "
-        "interpreter lock (off: from a thread of the sensor).",
+        'interpreter lock (false: from a thread of the sensor; "auto", the default: '
+        "a child only when the sensor may use more than one CPU).",
         "store-process",
         is_bool=True,
     ),
@@ -633,7 +647,7 @@ class RunConfig:
             db_url=v["store.url"],
             store=v["store.enabled"],
             spill_path=v["store.spill"],
-            store_process=v["store.process"],
+            store_process=None if v["store.process"] == AUTO else v["store.process"],
             retention=self.retention(),
             raw_bodies=v["store.raw_bodies"],
             metrics_listen=v["metrics.listen"] if v["metrics.enabled"] else None,

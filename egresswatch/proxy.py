@@ -377,10 +377,12 @@ class EgressWatch:
         )
         loader.add_option(
             "egresswatch_store_process",
-            bool,
-            True,
+            str,
+            "auto",
             "Write the database from a child process, so SQL never holds mitmproxy's "
-            "interpreter lock. Off: from a thread of this process.",
+            "interpreter lock; false: from a thread of this process; auto: a child only "
+            "when this process may use more than one CPU (affinity, cgroup CPU quota).",
+            choices=("auto", "true", "false"),
         )
         loader.add_option(
             "egresswatch_process_lookup",

@@ -117,6 +117,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(raw)
 
 
+#: egresswatch_store_process -> Settings.store_process (None: chosen by the CPUs usable)
+_STORE_PROCESS: dict[str, bool | None] = {"auto": None, "true": True, "false": False}
+
+
 def settings_from_options(opts: Any) -> Any:
     """``egresswatch_*`` mitmproxy options -> ``runtime.Settings``. Raises ValueError."""
     from pathlib import Path
@@ -137,7 +141,7 @@ def settings_from_options(opts: Any) -> Any:
         "geo_overrides": path(opts.egresswatch_overrides),
         "db_url": None if db in ("", "none") else db,
         "store": db != "none",
-        "store_process": bool(opts.egresswatch_store_process),
+        "store_process": _STORE_PROCESS[opts.egresswatch_store_process],
         "metrics_listen": (
             parse_listen(opts.egresswatch_metrics_listen)
             if opts.egresswatch_metrics_listen

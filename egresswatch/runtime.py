@@ -7,6 +7,7 @@ the same thing everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from dataclasses import dataclass, field
@@ -63,8 +64,10 @@ class Settings:
     #: record decisions in the database at all
     store: bool = True
     spill_path: Path | None = None
-    #: write from a child process (store/remote.py) instead of a thread of this one
-    store_process: bool = True
+    #: write from a child process (store/remote.py) instead of a thread of this one;
+    #: None (the default): a child only when this process may use more than one CPU
+    #: (see :func:`store_in_child`)
+    store_process: bool | None = None
     #: how long the writer keeps rows (it prunes hourly); None: keep everything forever.
     #: Default: flows 30 days, DNS answers 7 days, raw body excerpts 1 day.
     retention: Retention | None = field(default_factory=default_retention)
@@ -151,6 +154,79 @@ class Sinks(FanOut):
             self.store.close()
 
 
+def usable_cpus(
+    cgroup_root: Path = Path("/sys/fs/cgroup"), own_cgroup: Path = Path("/proc/self/cgroup")
+) -> float:
+    """How many CPUs this process may keep busy at once.
+
+    Its CPU affinity (``taskset``, systemd's ``CPUAffinity=``), capped by a CPU quota
+    on its cgroup or any parent (``docker --cpus``, systemd's ``CPUQuota=``): cgroup
+    v2's ``cpu.max``, or v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. A file
+    that cannot be read sets no cap.
+    """
+    cpus = float(len(os.sched_getaffinity(0)))
+    try:
+        lines = own_cgroup.read_text().splitlines()
+    except OSError:
+        return cpus
+    # /proc/self/cgroup: "0::/path" (v2) and "N:controller,...:/path" (v1), see cgroups(7)
+    for line in lines:
+        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if controllers == "":
+            base, read = cgroup_root, _v2_quota
+        elif "cpu" in controllers.split(","):
+            base, read = cgroup_root / controllers, _v1_quota
+            if not base.is_dir():
+                base = cgroup_root / "cpu"
+        else:
+            continue
+        node = Path(path.strip() or "/")
+        for folder in (node, *node.parents):
+            with contextlib.suppress(OSError, ValueError, ZeroDivisionError):
+                quota = read(base / folder.relative_to("/"))
+                if quota is not None:
+                    cpus = min(cpus, quota)
+    return cpus
+
+
+def _v2_quota(folder: Path) -> float | None:
+    quota, period = (folder / "cpu.max").read_text().split()
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def _v1_quota(folder: Path) -> float | None:
+    quota = int((folder / "cpu.cfs_quota_us").read_text())
+    return None if quota < 0 else quota / int((folder / "cpu.cfs_period_us").read_text())
+
+
+def store_in_child(settings: Settings) -> bool:
+    """Whether the store writer runs as a child process (``store.process``).
+
+    Unset ("auto"), a child only when this process may use more than one CPU. On one
+    CPU the child can only take turns with the sensor, and the pickling and the pipe
+    on both sides make that dearer than a thread writing the same rows: bench/proxy.py
+    with the proxy pinned to one core kept 0.90-0.93x of bare mitmdump's throughput
+    with the thread and 0.85-0.91x with the child, in the same runs
+    (docs/performance.md, "Sixth pass").
+    """
+    if settings.store_process is not None:
+        return settings.store_process
+    return usable_cpus() > 1
+
+
+def writer_description(writer: Any, settings: Settings) -> str:
+    """Where the store's SQL runs, for a start-up banner."""
+    pid = getattr(writer, "pid", None)  # a RemoteWriter's child
+    if pid is not None:
+        return f"written by a child process (egw-store, pid {pid})"
+    if settings.store_process is None:
+        return (
+            f"written by a thread of this process (it may use {usable_cpus():g} CPU: "
+            "a child process would only take turns with it)"
+        )
+    return "written by a thread of this process"
+
+
 def build_sinks(
     settings: Settings, registry: CollectorRegistry, inspector: Inspector | None = None
 ) -> Sinks:
@@ -182,7 +258,7 @@ def build_sinks(
                 node=settings.sensor_name,
                 retention=settings.retention,
                 raw_bodies=settings.raw_bodies,
-                process=settings.store_process,
+                process=store_in_child(settings),
             )
             started.append(writer)
             metrics.watch_store(lambda: writer.stats)

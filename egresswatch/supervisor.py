@@ -585,7 +585,13 @@ class Monitor:
         else:
             lines.append("Metrics: off")
         if s.store:
-            lines.append(f"Database: {_display_url(s.db_url or default_url())}")
+            from egresswatch import runtime
+
+            writer = getattr(self.sinks, "writer", None)
+            lines.append(
+                f"Database: {_display_url(s.db_url or default_url())}"
+                + (f", {runtime.writer_description(writer, s)}" if writer is not None else "")
+            )
         else:
             lines.append("Database: off (nothing is recorded)")
         policy = self.inspector.policy

@@ -8,13 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
 from conftest import ROOT, egresswatch_bin
+from helpers.ports import free_port, wait_port
 from helpers.servers import read_log
 
 from egresswatch.cli import cli
@@ -97,23 +97,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
 HOLDING_CLIENT = """
 import http.client, json, sys
 proxy_port, server_port = int(sys.argv[1]), int(sys.argv[2])
@@ -128,7 +111,7 @@ sys.stdin.readline()
 
 @pytest.mark.slow
 def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    server_port, proxy_port, metrics_port = _free_port(), _free_port(), _free_port()
+    server_port, proxy_port, metrics_port = free_port(), free_port(), free_port()
     log = tmp_path / "server.jsonl"
     server = subprocess.Popen(
         [
@@ -162,7 +145,7 @@ def test_real_run_on_loopback_records_and_stops_cleanly_on_sigterm(tmp_path: Pat
         env={**os.environ, "COLUMNS": "200"},
     )
     try:
-        _wait_port(proxy_port, proxy)
+        wait_port(proxy_port, proxy)
         # a client app in its own process, on the same host; it keeps its connection (and
         # itself) alive until the proxy has stopped, so the /proc lookup cannot race its exit
         client = subprocess.Popen(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, egresswatch_bin
 from helpers import pg as pg_helpers
+from helpers.ports import free_port, wait_port
 from helpers.storedata import make_decision
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
@@ -186,23 +186,6 @@ def test_run_flags_parse_and_refuse(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on {port}")
-
-
 def _count_flows(db: Path) -> int:
     import sqlite3
 
@@ -216,7 +199,7 @@ def test_real_proxy_stores_a_raw_body_only_when_asked(
     tmp_path: Path, raw_bodies: str | None
 ) -> None:
     """mitmdump in the real ``egresswatch proxy``, curl as the client, a loopback server."""
-    server_port, proxy_port = _free_port(), _free_port()
+    server_port, proxy_port = free_port(), free_port()
     server = subprocess.Popen(
         [
             sys.executable,
@@ -234,7 +217,7 @@ def test_real_proxy_stores_a_raw_body_only_when_asked(
     proxy = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     body = '{"messages": [{"role": "user", "content": "sk-PROXYSECRET0123456789abcdef"}]}'
     try:
-        _wait_port(proxy_port, proxy)
+        wait_port(proxy_port, proxy)
         subprocess.run(
             [
                 *("curl", "-s", "-m", "10", "-x", f"http://127.0.0.1:{proxy_port}"),

@@ -24,7 +24,7 @@ from egresswatch.commands._storeopts import Duration
 from egresswatch.commands.common import HostPortType
 from egresswatch.errors import EgressWatchError
 from egresswatch.model import Mode
-from egresswatch.runtime import Settings
+from egresswatch.runtime import Settings, writer_description
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
 #: where mitmproxy keeps its CA unless told otherwise (mitmproxy docs, "Certificates")
@@ -341,6 +341,15 @@ def _retention(flows: float) -> Any:
 )
 @click.option("--no-store", is_flag=True, help="Record nothing in the database.")
 @click.option(
+    "--store-process",
+    type=click.Choice(["auto", "true", "false"]),
+    default="auto",
+    show_default=True,
+    help="Write the database from a child process (true) or a thread of the proxy "
+    "(false). auto: a child only when the proxy may use more than one CPU (its affinity "
+    "and cgroup CPU quota); on one CPU a thread costs less.",
+)
+@click.option(
     "--metrics-listen",
     type=HostPortType(),
     default="127.0.0.1:9721",
@@ -455,6 +464,7 @@ def proxy(**params: Any) -> None:
         geo_overrides=params["geo_overrides"],
         db_url=params["db_url"],
         store=not params["no_store"],
+        store_process={"auto": None, "true": True, "false": False}[params["store_process"]],
         metrics_listen=None if params["no_metrics"] else params["metrics_listen"],
         body_limit=params["body_limit"],
         retention=_retention(params["retention"]),
@@ -490,6 +500,9 @@ def proxy(**params: Any) -> None:
     )
     for line in trust_hints(ca, config.listen, config.mode.split(":")[0]):
         console.print(line)
+    writer = getattr(sinks, "writer", None)
+    if writer is not None:
+        console.print(f"Store: {writer_description(writer, settings)}")
     if settings.store and settings.raw_bodies:
         console.print(
             f"Raw bodies: the first {settings.raw_bodies} bytes of each request body are "
