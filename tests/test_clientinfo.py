@@ -57,6 +57,40 @@ def test_one_scan_serves_every_socket_that_existed_before_it() -> None:
                 c.close()
 
 
+def test_recent_owner_is_checked_newest_descriptor_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process with many open files: its new socket costs a few readlinks, not one each."""
+    lookup = ProcessLookup()
+    pairs = [socket.socketpair() for _ in range(40)]  # descriptors the lookup must not walk
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        try:
+            with socket.create_connection(server.getsockname()) as first:
+                assert lookup.owner(*first.getsockname()).pid == os.getpid()  # type: ignore[union-attr]
+            links: list[str] = []
+            real = os.readlink
+
+            def counted(path: str) -> str:
+                links.append(path)
+                return real(path)
+
+            monkeypatch.setattr(os, "readlink", counted)
+            with socket.create_connection(server.getsockname()) as late:
+                conn, _ = server.accept()
+                with conn:
+                    found = lookup.owner(*late.getsockname(), peer=conn.getsockname())
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
+    assert found is not None and found.pid == os.getpid()
+    assert lookup.scans == 1
+    # the newest few of the ~90 descriptors open here (pytest holds some above them)
+    assert 1 <= len(links) <= 6, links
+
+
 @pytest.mark.parametrize(
     ("family", "listen", "connect"),
     [
