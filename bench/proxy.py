@@ -506,7 +506,7 @@ async def _count(
 
 
 def _variant(text: str) -> tuple[str, list[str]]:
-    """``"thread:egresswatch_store_process=false"`` -> (name, [option, ...])."""
+    """``"process:egresswatch_store_process=true"`` -> (name, [option, ...])."""
     name, sep, opts = text.partition(":")
     items = [o.strip() for o in opts.split(",") if o.strip()]
     if not sep or not name or name in ("bare", "addon", "control") or not items:
@@ -566,7 +566,8 @@ def main() -> None:
         default=[],
         metavar="NAME:OPT=VALUE[,OPT=VALUE]",
         help="also run an addon mitmdump with these options in the same rounds, e.g. "
-        "nostore:egresswatch_db=none or thread:egresswatch_store_process=false",
+        "nostore:egresswatch_db=none or process:egresswatch_store_process=true (pinned to "
+        "one core, the addon's default writes from a thread)",
     )
     ap.add_argument(
         "--instructions",

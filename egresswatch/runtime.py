@@ -204,10 +204,9 @@ def store_in_child(settings: Settings) -> bool:
 
     Unset ("auto"), a child only when this process may use more than one CPU. On one
     CPU the child can only take turns with the sensor, and the pickling and the pipe
-    on both sides make that dearer than a thread writing the same rows: bench/proxy.py
-    with the proxy pinned to one core kept 0.90-0.93x of bare mitmdump's throughput
-    with the thread and 0.85-0.91x with the child, in the same runs
-    (docs/performance.md, "Sixth pass").
+    on both sides make that dearer than a thread writing the same rows: through a real
+    mitmdump, ~108,000 more instructions a request (~1.1% of bare mitmproxy's;
+    docs/performance.md, "Sixth pass").
     """
     if settings.store_process is not None:
         return settings.store_process

@@ -45,6 +45,13 @@ def test_cgroup_v2_quota_on_a_parent_caps_the_affinity(tmp_path: Path) -> None:
     assert got == min(AFFINITY, 0.5)
 
 
+def test_cgroup_v2_namespace_root_of_a_container(tmp_path: Path) -> None:
+    """In a container with its own cgroup namespace the cgroup is "/" and its quota sits
+    at the top of /sys/fs/cgroup (``docker run --cpus 1``)."""
+    _tree(tmp_path, {"self.cgroup": "0::/\n", "fs/cpu.max": "100000 100000\n"})
+    assert usable_cpus(tmp_path / "fs", tmp_path / "self.cgroup") == min(AFFINITY, 1.0)
+
+
 def test_cgroup_v2_no_quota_leaves_the_affinity(tmp_path: Path) -> None:
     _tree(tmp_path, {"self.cgroup": "0::/a\n", "fs/a/cpu.max": "max 100000\n"})
     assert usable_cpus(tmp_path / "fs", tmp_path / "self.cgroup") == AFFINITY
@@ -223,3 +230,33 @@ def test_real_proxy_on_two_cpus_writes_from_egw_store(tmp_path: Path) -> None:
     assert "Store: written by a child process (egw-store, pid " in banner
     assert children == ["egw-store"]
     assert rows == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "want"),
+    [
+        ([], "written by a thread of this process (it may use 1 CPU"),
+        (["--store-process"], "written by a child process (egw-store, pid "),
+    ],
+)
+def test_run_check_on_one_cpu_says_where_the_sql_runs(
+    tmp_path: Path, flags: list[str], want: str
+) -> None:
+    """``egresswatch run --check`` pinned to one CPU: auto picks the thread, a flag forces."""
+    res = subprocess.run(
+        [
+            egresswatch_bin(),
+            "run",
+            "--check",
+            *("--db", f"sqlite:///{tmp_path / 'flows.db'}", "--no-metrics"),
+            *("--listen", f"127.0.0.1:{free_port()}", "--confdir", str(tmp_path / "conf")),
+            *flags,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+    )
+    assert res.returncode == 0, res.stderr
+    database = [line for line in res.stderr.splitlines() if line.startswith("Database: ")]
+    assert len(database) == 1 and want in database[0], res.stderr
