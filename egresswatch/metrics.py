@@ -48,7 +48,7 @@ from prometheus_client.utils import floatToGoString
 
 from egresswatch import __version__
 from egresswatch.errors import EgressWatchError
-from egresswatch.model import UNKNOWN_COUNTRY, Action, Decision, FlowClosed
+from egresswatch.model import UNKNOWN_COUNTRY, Action, Decision, FlowClosed, MatchKind
 
 #: Default /metrics listener. 9721 is not in the Prometheus default port
 #: allocations list (github.com/prometheus/prometheus/wiki/Default-port-allocations).
@@ -343,54 +343,44 @@ class _DecisionCounts(Collector):
     sinks cost in a running mitmdump (docs/performance.md). Here one lock covers a
     whole decision's counts and the samples are built at scrape time, in the same
     names, labels and types (``_total`` and ``_created`` included).
+
+    Each series is a one-item list (a "cell") that :class:`_Plan` objects hold on
+    to, so counting a decision adds to its cells without hashing a label key.
     """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        #: per metric in _COUNTERS order: series -> value, and series -> creation time
-        self.values: tuple[dict[_Key, float], ...] = tuple({} for _ in _COUNTERS)
+        #: per metric in _COUNTERS order: series -> cell, and series -> creation time
+        self.values: tuple[dict[_Key, list[float]], ...] = tuple({} for _ in _COUNTERS)
         self.created: tuple[dict[_Key, float], ...] = tuple({} for _ in _COUNTERS)
         #: (sensor, source) -> [count per bucket (not cumulative)..., +Inf, sum]
         self.latency: dict[tuple[str, str], list[float]] = {}
         self.latency_created: dict[tuple[str, str], float] = {}
 
+    def cell(self, metric: int, key: _Key) -> list[float]:
+        """The cell of one series, made (and its creation time noted) on first use.
+
+        The caller holds :attr:`lock` and counts on the cell right away: a series
+        appears with its first count, as prometheus_client's do.
+        """
+        series = self.values[metric]
+        cell = series.get(key)
+        if cell is None:
+            cell = series[key] = [0.0]
+            self.created[metric][key] = time.time()
+        return cell
+
     def add(self, metric: int, key: _Key, amount: float = 1.0) -> None:
         """Count ``amount`` on one series; the caller holds :attr:`lock`."""
-        values = self.values[metric]
-        value = values.get(key)
-        if value is None:
-            self.created[metric][key] = time.time()
-            values[key] = amount
-        else:
-            values[key] = value + amount
+        self.cell(metric, key)[0] += amount
 
-    def count(
-        self, keys: Iterable[tuple[int, _Key]], latency: tuple[str, str], seconds: float
-    ) -> None:
-        """One decision: one on each (metric, series) of ``keys``, and its latency.
-
-        The caller holds :attr:`lock`. One call per decision: ``add`` once per series
-        was a Python call each, five of them per proxied request.
-        """
-        values, created = self.values, self.created
-        for metric, key in keys:
-            series = values[metric]
-            value = series.get(key)
-            if value is None:
-                created[metric][key] = time.time()
-                series[key] = 1.0
-            else:
-                series[key] = value + 1.0
-        self.observe(latency, seconds)
-
-    def observe(self, key: tuple[str, str], seconds: float) -> None:
-        """One latency observation; the caller holds :attr:`lock`."""
+    def latency_row(self, key: tuple[str, str]) -> list[float]:
+        """The histogram row of one (sensor, source); the caller holds :attr:`lock`."""
         row = self.latency.get(key)
         if row is None:
             row = self.latency[key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
             self.latency_created[key] = time.time()
-        row[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: bound >= value
-        row[-1] += seconds
+        return row
 
     def describe(self) -> Iterable[Metric]:
         return self._families(empty=True)
@@ -400,7 +390,11 @@ class _DecisionCounts(Collector):
 
     def _families(self, empty: bool) -> list[Metric]:
         with self.lock:
-            values = [dict(v) for v in self.values] if not empty else [{} for _ in _COUNTERS]
+            values = (
+                [{k: c[0] for k, c in v.items()} for v in self.values]
+                if not empty
+                else [{} for _ in _COUNTERS]
+            )
             created = [dict(c) for c in self.created] if not empty else [{} for _ in _COUNTERS]
             latency = {k: list(v) for k, v in self.latency.items()} if not empty else {}
             latency_created = dict(self.latency_created)
@@ -430,6 +424,32 @@ class _DecisionCounts(Collector):
 
 _DECISIONS, _FLOWS, _PAYLOADS, _BLOCKED, _ALERTS, _FINDINGS, _SENT, _RECEIVED = range(8)
 
+#: how many distinct decision shapes (:class:`_Plan`) are kept; cleared when full
+_PLANS_MAX = 4096
+
+
+class _Plan:
+    """What one shape of decision counts: its flow labels, the cells of the series it
+    adds one to, and its latency row. A shape is the sensor, the service, the raw
+    country, the verdict, the payload types and the finding kinds; most decisions
+    repeat one already seen. The flow, sent and received cells are made when first
+    counted on (a series appears with its first count)."""
+
+    __slots__ = ("cells", "flow", "labels", "latency", "received", "sent")
+
+    def __init__(
+        self,
+        labels: tuple[str, str, str, str],
+        cells: tuple[list[float], ...],
+        latency: list[float],
+    ) -> None:
+        self.labels = labels
+        self.cells = cells
+        self.latency = latency
+        self.flow: list[float] | None = None
+        self.sent: list[float] | None = None
+        self.received: list[float] | None = None
+
 
 class Metrics:
     """A :class:`~egresswatch.ports.Sink` that counts decisions in Prometheus metrics.
@@ -450,8 +470,10 @@ class Metrics:
         self.sensor = sensor_name
         self.known_services = frozenset(known_services)
         self._clock = clock
-        # flow_id -> label values of its first decision, for FlowClosed byte counts
-        self._flows: OrderedDict[str, tuple[str, str, str, str]] = OrderedDict()
+        # flow_id -> the plan of its first decision, for FlowClosed byte counts
+        self._flows: OrderedDict[str, _Plan] = OrderedDict()
+        #: decision shape -> its plan (see record)
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> Counter:
             return Counter(name, doc, labels, registry=registry)
@@ -508,40 +530,88 @@ class Metrics:
     # -- Sink --------------------------------------------------------------------
 
     def record(self, decision: Decision) -> None:
+        a = decision.assessment
+        o = a.observation
+        v = decision.verdict
+        m = a.service
+        findings = a.findings
+        shape = (
+            o.sensor,
+            m.service.id if m is not None and m.kind is MatchKind.OFFICIAL else None,
+            a.geo.country,
+            v.action,
+            v.mode,
+            a.payload_types,
+            tuple([f.kind for f in findings]) if findings else (),
+        )
+        plan = self._plans.get(shape)
+        counts = self._counts
+        with counts.lock:
+            if plan is None:
+                plan = self._plan(decision, shape)
+            for cell in plan.cells:
+                cell[0] += 1.0
+            flows = self._flows
+            flow_id = o.flow_id
+            if flow_id not in flows:
+                flows[flow_id] = plan
+                if len(flows) > FLOW_TABLE_SIZE:
+                    flows.popitem(last=False)
+                if plan.flow is None:
+                    plan.flow = counts.cell(_FLOWS, (plan.labels, ()))
+                plan.flow[0] += 1.0
+            seconds = decision.elapsed
+            row = plan.latency
+            if seconds > 0.0:
+                row[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1  # le: bound >= value
+                row[-1] += seconds
+            else:
+                row[0] += 1
+
+    def _plan(self, decision: Decision, shape: tuple[Any, ...]) -> _Plan:
+        """The cells a decision of this shape counts on; the caller holds the lock."""
+        counts = self._counts
         labels = self._labels(decision)
         verdict = (decision.verdict.label,)
         action = decision.verdict.action
-        assessment = decision.assessment
         keys: list[tuple[int, _Key]] = [(_DECISIONS, (labels, verdict))]
-        for payload_type in assessment.payload_types:
+        for payload_type in decision.assessment.payload_types:
             keys.append((_PAYLOADS, (labels, (str(payload_type), *verdict))))
-        for finding in assessment.findings:
-            keys.append((_FINDINGS, (labels, (str(finding.kind),))))
+        for kind in shape[-1]:
+            keys.append((_FINDINGS, (labels, (str(kind),))))
         if action is Action.BLOCK:
             keys.append((_BLOCKED, (labels, verdict)))
         if action is not Action.ALLOW:
             keys.append((_ALERTS, (labels, verdict)))
-        flow_id = decision.observation.flow_id
-        counts = self._counts
-        with counts.lock:
-            flows = self._flows
-            if flow_id not in flows:
-                flows[flow_id] = labels
-                if len(flows) > FLOW_TABLE_SIZE:
-                    flows.popitem(last=False)
-                keys.append((_FLOWS, (labels, ())))
-            counts.count(keys, (self.sensor, labels[1]), max(0.0, decision.elapsed))
+        plan = _Plan(
+            labels,
+            tuple(counts.cell(metric, key) for metric, key in keys),
+            counts.latency_row((self.sensor, labels[1])),
+        )
+        if len(self._plans) >= _PLANS_MAX:
+            self._plans.clear()  # many shapes (a scan?): start over; the counts stay
+        self._plans[shape] = plan
+        return plan
 
     def flow_closed(self, event: FlowClosed) -> None:
         counts = self._counts
         with counts.lock:
-            labels = self._flows.pop(event.flow_id, None)
-            if labels is None:
+            plan = self._flows.pop(event.flow_id, None)
+            if plan is None:
                 labels = (self.sensor, str(event.sensor), OTHER_SERVICE, UNKNOWN_COUNTRY)
+                if event.bytes_out > 0:
+                    counts.add(_SENT, (labels, ()), event.bytes_out)
+                if event.bytes_in > 0:
+                    counts.add(_RECEIVED, (labels, ()), event.bytes_in)
+                return
             if event.bytes_out > 0:
-                counts.add(_SENT, (labels, ()), event.bytes_out)
+                if plan.sent is None:
+                    plan.sent = counts.cell(_SENT, (plan.labels, ()))
+                plan.sent[0] += event.bytes_out
             if event.bytes_in > 0:
-                counts.add(_RECEIVED, (labels, ()), event.bytes_in)
+                if plan.received is None:
+                    plan.received = counts.cell(_RECEIVED, (plan.labels, ()))
+                plan.received[0] += event.bytes_in
 
     def close(self) -> None:
         with self._counts.lock:
