@@ -67,15 +67,8 @@ def child(n: int, sinks: str, work: Path) -> None:
     from helpers import mitm  # bench/proxy.py put tests/ on sys.path
     from mitmproxy.test import tflow
 
-    settings = runtime.Settings(
-        policy=work / "policy.toml",
-        country_db=work / "lab.mmdb",
-        asn_db=work / "lab.mmdb",
-        geoip_dir=work,
-        db_url=f"sqlite:///{work}/hooks-{os.getpid()}.db",
-        metrics_listen=None,
-        store_process=False,
-    )
+    db = f"sqlite:///{work}/hooks-{os.getpid()}.db"
+    settings = bp.lab_settings(work, db, store_process=False)
     inspector = runtime.build_inspector(settings)
     made: Any
     if sinks == "none":

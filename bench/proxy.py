@@ -290,6 +290,21 @@ async def _drive(addon: Any, flows: list[Any], resp: Any) -> float:
     return time.perf_counter() - t
 
 
+def lab_settings(tmp: Path, db_url: str, **extra: Any) -> Any:
+    """The addon's settings in process: the lab GeoIP database and policy in ``tmp``."""
+    from egresswatch import runtime
+
+    return runtime.Settings(
+        policy=tmp / "policy.toml",
+        country_db=tmp / "lab.mmdb",
+        asn_db=tmp / "lab.mmdb",
+        geoip_dir=tmp,
+        db_url=db_url,
+        metrics_listen=None,
+        **extra,
+    )
+
+
 def hook_cost(tmp: Path, n: int) -> None:
     """CPU per request spent in the addon's hooks, in process (no sockets, real pipeline)."""
     from mitmproxy.test import tflow
@@ -299,14 +314,7 @@ def hook_cost(tmp: Path, n: int) -> None:
     from egresswatch.metrics import Metrics
     from egresswatch.proxy import EgressWatch
 
-    settings = runtime.Settings(
-        policy=tmp / "policy.toml",
-        country_db=tmp / "lab.mmdb",
-        asn_db=tmp / "lab.mmdb",
-        geoip_dir=tmp,
-        db_url=f"sqlite:///{tmp / 'hooks.db'}",
-        metrics_listen=None,
-    )
+    settings = lab_settings(tmp, f"sqlite:///{tmp / 'hooks.db'}")
     inspector = runtime.build_inspector(settings)
     body = chat_body()
     variants = {

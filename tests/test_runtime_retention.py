@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, egresswatch_bin
+from conftest import egresswatch_bin
 from helpers import pg as pg_helpers
 from helpers.ports import free_port, wait_port
+from helpers.proxyrun import kill_all, post_chat, start_server, stop_when_recorded
 from helpers.storedata import make_decision
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
@@ -186,13 +184,6 @@ def test_run_flags_parse_and_refuse(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
 
 
-def _count_flows(db: Path) -> int:
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        return int(conn.execute("SELECT count(*) FROM flows").fetchone()[0])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("raw_bodies", [None, "16"])
 def test_real_proxy_stores_a_raw_body_only_when_asked(
@@ -200,15 +191,7 @@ def test_real_proxy_stores_a_raw_body_only_when_asked(
 ) -> None:
     """mitmdump in the real ``egresswatch proxy``, curl as the client, a loopback server."""
     server_port, proxy_port = free_port(), free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests/helpers/servers.py"),
-            *("--bind", "127.0.0.1", "--http", str(server_port)),
-            *("--log", str(tmp_path / "server.jsonl")),
-        ],
-        stdout=subprocess.PIPE,
-    )
+    server = start_server(server_port, tmp_path / "server.jsonl")
     db = tmp_path / "flows.db"
     args = [egresswatch_bin(), "proxy", "--listen", f"127.0.0.1:{proxy_port}"]
     args += ["--confdir", str(tmp_path / "conf"), "--db", f"sqlite:///{db}", "--no-metrics"]
@@ -218,30 +201,11 @@ def test_real_proxy_stores_a_raw_body_only_when_asked(
     body = '{"messages": [{"role": "user", "content": "sk-PROXYSECRET0123456789abcdef"}]}'
     try:
         wait_port(proxy_port, proxy)
-        subprocess.run(
-            [
-                *("curl", "-s", "-m", "10", "-x", f"http://127.0.0.1:{proxy_port}"),
-                *("-H", "content-type: application/json", "-d", body),
-                f"http://127.0.0.1:{server_port}/v1/chat/completions",
-            ],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        # wait for the row: a SIGTERM right after the response lost the decision (reported;
-        # the proxy's shutdown path, not the store's)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not _count_flows(db):
-            time.sleep(0.1)
-        proxy.send_signal(signal.SIGTERM)  # flushes the store
-        _, err = proxy.communicate(timeout=20)
-        assert proxy.returncode == 0, err.decode()
+        post_chat(proxy_port, server_port, body)
+        err = stop_when_recorded(proxy, db)
     finally:
-        for p in (proxy, server):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert (b"Raw bodies: the first 16 bytes" in err) == (raw_bodies is not None)
+        kill_all(proxy, server)
+    assert ("Raw bodies: the first 16 bytes" in err) == (raw_bodies is not None)
     store = open_store(f"sqlite:///{db}")
     try:
         flows = query_flows(store, FlowFilter())

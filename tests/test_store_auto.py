@@ -9,15 +9,14 @@ store file it writes. The cgroup files are a folder tree laid out as the kernel'
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, egresswatch_bin
+from conftest import egresswatch_bin
 from helpers.ports import free_port, wait_port
+from helpers.proxyrun import count_flows, kill_all, post_chat, start_server, stop_when_recorded
 
 from egresswatch import config as cfg
 from egresswatch.errors import ConfigError
@@ -155,27 +154,10 @@ def _store_children(pid: int) -> list[str]:
     return [n for n in names if n == "egw-store"]
 
 
-def _rows(db: Path) -> int:
-    import sqlite3
-
-    conn = sqlite3.connect(db)
-    try:
-        return int(conn.execute("SELECT count(*) FROM flows").fetchone()[0])
-    finally:
-        conn.close()
-
-
 def _proxy_run(tmp_path: Path, cpus: set[int]) -> tuple[str, list[str], int]:
     """A real ``egresswatch proxy`` on these CPUs: its banner, store children, rows."""
     server_port, proxy_port = free_port(), free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tests/helpers/servers.py"),
-            *("--bind", "127.0.0.1", "--http", str(server_port), "--log", "/dev/null"),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    server = start_server(server_port)
     db = tmp_path / "flows.db"
     proxy = subprocess.Popen(
         [
@@ -191,28 +173,11 @@ def _proxy_run(tmp_path: Path, cpus: set[int]) -> tuple[str, list[str], int]:
     try:
         wait_port(proxy_port, proxy)
         children = _store_children(proxy.pid)
-        subprocess.run(
-            [
-                *("curl", "-s", "-m", "10", "-x", f"http://127.0.0.1:{proxy_port}"),
-                *("-H", "content-type: application/json", "-d", '{"messages": []}'),
-                f"http://127.0.0.1:{server_port}/v1/chat/completions",
-            ],
-            capture_output=True,
-            check=True,
-            timeout=30,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (db.exists() and _rows(db)):
-            time.sleep(0.1)
-        proxy.send_signal(signal.SIGTERM)
-        _, err = proxy.communicate(timeout=30)
-        assert proxy.returncode == 0, err.decode()
+        post_chat(proxy_port, server_port, '{"messages": []}')
+        err = stop_when_recorded(proxy, db)
     finally:
-        for p in (proxy, server):
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    return err.decode(), children, _rows(db)
+        kill_all(proxy, server)
+    return err, children, count_flows(db)
 
 
 @pytest.mark.slow
