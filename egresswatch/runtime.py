@@ -171,7 +171,9 @@ def usable_cpus(
         return cpus
     # /proc/self/cgroup: "0::/path" (v2) and "N:controller,...:/path" (v1), see cgroups(7)
     for line in lines:
-        _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+        if line.count(":") < 2:
+            continue  # not a cgroup line: nothing to read from it
+        _, controllers, path = line.split(":", 2)
         if controllers == "":
             base, read = cgroup_root, _v2_quota
         elif "cpu" in controllers.split(","):

@@ -76,7 +76,8 @@ def test_cgroup_v1_cfs_quota(tmp_path: Path) -> None:
         {},  # no /proc/self/cgroup at all
         {"self.cgroup": "0::/a\n", "fs/a/cpu.max": "garbage\n"},
         {"self.cgroup": "0::/a\n", "fs/a/cpu.max": "100000 0\n"},
-        {"self.cgroup": "not a cgroup line\n"},
+        # a line that is not a cgroup's is skipped, not read as the root's
+        {"self.cgroup": "not a cgroup line\n", "fs/cpu.max": "50000 100000\n"},
     ],
 )
 def test_unreadable_or_odd_files_set_no_cap(tmp_path: Path, files: dict[str, str]) -> None:
