@@ -48,6 +48,7 @@ from egresswatch.model import Decision, FlowClosed, Mode, Observation, Sensor, S
 from egresswatch.model import Protocol as Proto
 from egresswatch.ports import Sink
 from egresswatch.proxy_options import (
+    STORE_PROCESS,
     AddonConfig,
     build_from_options,
     host_matches,
@@ -382,7 +383,7 @@ class EgressWatch:
             "Write the database from a child process, so SQL never holds mitmproxy's "
             "interpreter lock; false: from a thread of this process; auto: a child only "
             "when this process may use more than one CPU (affinity, cgroup CPU quota).",
-            choices=("auto", "true", "false"),
+            choices=tuple(STORE_PROCESS),
         )
         loader.add_option(
             "egresswatch_process_lookup",

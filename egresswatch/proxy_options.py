@@ -117,8 +117,9 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(raw)
 
 
-#: egresswatch_store_process -> Settings.store_process (None: chosen by the CPUs usable)
-_STORE_PROCESS: dict[str, bool | None] = {"auto": None, "true": True, "false": False}
+#: ``egresswatch_store_process`` / ``proxy --store-process`` -> Settings.store_process
+#: (None: chosen by the CPUs this process may use, runtime.store_in_child)
+STORE_PROCESS: dict[str, bool | None] = {"auto": None, "true": True, "false": False}
 
 
 def settings_from_options(opts: Any) -> Any:
@@ -141,7 +142,7 @@ def settings_from_options(opts: Any) -> Any:
         "geo_overrides": path(opts.egresswatch_overrides),
         "db_url": None if db in ("", "none") else db,
         "store": db != "none",
-        "store_process": _STORE_PROCESS[opts.egresswatch_store_process],
+        "store_process": STORE_PROCESS[opts.egresswatch_store_process],
         "metrics_listen": (
             parse_listen(opts.egresswatch_metrics_listen)
             if opts.egresswatch_metrics_listen

@@ -24,6 +24,7 @@ from egresswatch.commands._storeopts import Duration
 from egresswatch.commands.common import HostPortType
 from egresswatch.errors import EgressWatchError
 from egresswatch.model import Mode
+from egresswatch.proxy_options import STORE_PROCESS
 from egresswatch.runtime import Settings, writer_description
 
 _existing_file = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -342,7 +343,7 @@ def _retention(flows: float) -> Any:
 @click.option("--no-store", is_flag=True, help="Record nothing in the database.")
 @click.option(
     "--store-process",
-    type=click.Choice(["auto", "true", "false"]),
+    type=click.Choice(list(STORE_PROCESS)),
     default="auto",
     show_default=True,
     help="Write the database from a child process (true) or a thread of the proxy "
@@ -464,7 +465,7 @@ def proxy(**params: Any) -> None:
         geo_overrides=params["geo_overrides"],
         db_url=params["db_url"],
         store=not params["no_store"],
-        store_process={"auto": None, "true": True, "false": False}[params["store_process"]],
+        store_process=STORE_PROCESS[params["store_process"]],
         metrics_listen=None if params["no_metrics"] else params["metrics_listen"],
         body_limit=params["body_limit"],
         retention=_retention(params["retention"]),
