@@ -93,13 +93,14 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> 
     raise SystemExit(f"port {port} not listening after {timeout}s")
 
 
-def proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a process and its live children.
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system, all threads) of a process and its live children,
+    and the system part of them (the kernel's work for its syscalls).
 
     The children count: the addon's store writer runs in one (store/remote.py), on
     the proxy's pinned core, and its CPU is part of what the addon costs.
     """
-    total = _own_cpu(pid)
+    total, system = _own_cpu_split(pid)
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             children = (task / "children").read_text().split()
@@ -107,14 +108,20 @@ def proc_cpu(pid: int) -> float:
             continue
         for child in children:
             with contextlib.suppress(OSError):  # ended meanwhile
-                total += _own_cpu(int(child))
-    return total
+                t, s = _own_cpu_split(int(child))
+                total, system = total + t, system + s
+    return total, system
 
 
 def _own_cpu(pid: int) -> float:
+    return _own_cpu_split(pid)[0]
+
+
+def _own_cpu_split(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     # after "(comm)": state is field 3, utime field 14 and stime field 15 (proc(5))
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, int(fields[12]) / tick
 
 
 def proc_switches(pid: int) -> int:
@@ -138,6 +145,8 @@ class Result:
     seconds: float = 0.0
     #: CPU seconds the proxy process used during the runs
     cpu: float = 0.0
+    #: of which in the kernel (system time)
+    sys: float = 0.0
     #: voluntary context switches of the proxy's threads during the runs
     switches: int = 0
 
@@ -659,7 +668,7 @@ def main() -> None:
                 )
             header = (
                 f"{'scheme':6} {'proxy':6} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
-                f" {'proxy CPU us/req':>17} {'wakeups/req':>12}"
+                f" {'proxy CPU us/req':>17} {'of it sys':>9} {'wakeups/req':>12}"
             )
             print(header)
             schemes = (("http", http_port), ("https", https_port))
@@ -676,7 +685,7 @@ def main() -> None:
                     # each round starts with another proxy: a box that speeds up or slows
                     # down during a round favours none of them over the run
                     for name in names[i % len(names) :] + names[: i % len(names)]:
-                        cpu = proc_cpu(pids[name])
+                        cpu, sys_cpu = proc_cpu(pids[name])
                         switches = proc_switches(pids[name])
                         r = asyncio.run(
                             load(
@@ -684,9 +693,11 @@ def main() -> None:
                             )
                         )
                         m = merged[name]
-                        used = proc_cpu(pids[name]) - cpu
+                        total, sys_after = proc_cpu(pids[name])
+                        used = total - cpu
                         per_request[name] = used / max(1, len(r.latencies))
                         m.cpu += used
+                        m.sys += sys_after - sys_cpu
                         m.switches += proc_switches(pids[name]) - switches
                         m.latencies += r.latencies
                         m.errors += r.errors
@@ -700,6 +711,7 @@ def main() -> None:
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
                         f"{r.pct(99) * 1e3:8.2f} {r.errors:6d} {r.cpu_per_request * 1e6:17.0f}"
+                        f" {r.sys / max(1, len(r.latencies)) * 1e6:9.0f}"
                         f" {r.switches / max(1, len(r.latencies)):12.2f}"
                     )
                 bare, add = merged["bare"], merged["addon"]
