@@ -4,6 +4,7 @@
     .venv/bin/python bench/proxy.py --seconds 1 --rounds 40 --control \
         --variant nostore:egresswatch_db=none   # + a second bare proxy and an addon variant
     .venv/bin/python bench/proxy.py --instructions 300     # load-independent, needs valgrind
+    .venv/bin/python bench/proxy.py --embedded   # + egresswatch proxy against a bare master
 
 Everything on loopback: one test server (HTTP and HTTPS, its own CA), two mitmdump
 processes started in the same run with the same options (lazy connections, upstream
@@ -14,6 +15,10 @@ requests (``Host: api.openai.com``, so the catalog and classifier do real work) 
 N connections through each proxy in alternating rounds, for HTTP (absolute-form) and
 HTTPS (CONNECT + TLS with SNI). Prints requests/s, p50/p99 latency, the throughput
 ratio and the added latency. Bounded: rounds x seconds x 4 runs, plus start-up.
+
+``--embedded`` adds the path of ``egresswatch proxy``: the addon added directly to an
+embedded mitmproxy master (no script loader, no dumper, mitmproxy's root logger left
+at WARNING), against the same master without it.
 
 Goal (issue #4): addon >= 0.9x bare throughput, p99 added latency < 2 ms.
 """
@@ -278,6 +283,81 @@ def mitmdump(
     return cmd
 
 
+def bare_master(tmp: Path, port: int, pki_ca: Path) -> list[str]:
+    """A bare mitmproxy master as ``egresswatch proxy`` builds it, without the addon.
+
+    ``egresswatch proxy`` embeds mitmproxy's ``DumpMaster`` with no dumper and adds
+    the addon to the master directly; ``mitmdump -s`` reaches a script's addon through
+    the script loader, the script and its module on every event (~113,000
+    instructions a request for an empty script, docs/performance.md). This is the
+    baseline for that path: the same master and options, no addon.
+    """
+    return [sys.executable, __file__, "--bare-master", str(port), str(tmp / "mitm"), str(pki_ca)]
+
+
+def egresswatch_proxy(
+    tmp: Path, port: int, pki_ca: Path, metrics: int, db: Path, extra: list[str]
+) -> list[str]:
+    """``egresswatch proxy`` with the bench's policy, lab GeoIP and store (the CLI path)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "egresswatch",
+        "proxy",
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--policy",
+        str(tmp / "policy.toml"),
+        "--country-db",
+        str(tmp / "lab.mmdb"),
+        "--asn-db",
+        str(tmp / "lab.mmdb"),
+        "--geoip-dir",
+        str(tmp),
+        "--db",
+        f"sqlite:///{db}",
+        "--metrics-listen",
+        f"127.0.0.1:{metrics}",
+        "--confdir",
+        str(tmp / "mitm"),
+        "--upstream-ca",
+        str(pki_ca),
+        "--set",
+        "connection_strategy=lazy",
+    ]
+    for item in extra:
+        name, _, value = item.partition("=")
+        # the CLI builds its store before mitmproxy's options are set: its own flag
+        cmd += (
+            ["--store-process", value] if name == "egresswatch_store_process" else ["--set", item]
+        )
+    return cmd
+
+
+def _run_bare_master(port: int, confdir: str, pki_ca: str) -> None:
+    """The child of bare_master(): runs until SIGTERM or SIGINT."""
+    import signal
+
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    async def run() -> None:
+        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        master.options.update(
+            listen_host="127.0.0.1",
+            listen_port=port,
+            confdir=confdir,
+            ssl_verify_upstream_trusted_ca=pki_ca,
+            connection_strategy="lazy",
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, master.shutdown)
+        await master.run()
+
+    asyncio.run(run())
+
+
 class _NullSink:
     def record(self, decision: object) -> None:
         pass
@@ -431,7 +511,29 @@ def _callgrind_toggle(pids: list[int], on: bool) -> None:
         )
 
 
-def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[str]) -> None:
+def command(name: str, tmp: Path, port: int, pki_ca: Path, extra: list[str]) -> list[str]:
+    """The command line of one of the bench's proxies, by its role.
+
+    ``bare`` and ``control``: mitmdump; ``addon``: mitmdump -s addons/egresswatch.py;
+    ``master``: the bare embedded master; ``cli``: egresswatch proxy. ``extra``:
+    egresswatch_* options for the proxies with the addon.
+    """
+    if name in ("bare", "control"):
+        return mitmdump(tmp, port, pki_ca, False, free_port(), [])
+    if name == "master":
+        return bare_master(tmp, port, pki_ca)
+    if name == "cli":
+        return egresswatch_proxy(tmp, port, pki_ca, free_port(), tmp / "cli.db", extra)
+    return mitmdump(tmp, port, pki_ca, True, free_port(), extra)
+
+
+#: (baseline, with egresswatch): mitmdump's script path, and egresswatch proxy's embedded one
+PAIRS = (("bare", "addon"), ("master", "cli"))
+
+
+def instructions(
+    tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[str], embedded: bool = False
+) -> None:
     """Instructions per request through bare and addon mitmdump, counted by callgrind.
 
     Load-independent (the box's speed changes nothing here): each mitmdump runs under
@@ -451,17 +553,18 @@ def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[st
     http_port, https_port = free_port(), free_port()
     server = start_server(pki, http_port, https_port)
     body = chat_body()
+    pairs = PAIRS if embedded else PAIRS[:1]
     print(f"instructions per request (callgrind), {n} requests, one keep-alive connection")
     print(
-        f"{'scheme':6} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
+        f"{'scheme':9} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
         f" {'proxy process only':>19}"
     )
     try:
         wait_port(https_port, server)
-        for scheme in schemes:
+        for scheme, (base, ours) in [(s, p) for p in pairs for s in schemes]:
             sport = http_port if scheme == "http" else https_port
             per: dict[str, tuple[float, float]] = {}
-            for name in ("bare", "addon"):
+            for name in (base, ours):
                 port = free_port()
                 out = tmp / f"callgrind.{scheme}.{name}"
                 out.mkdir()
@@ -471,7 +574,7 @@ def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[st
                     "--instr-atstart=no",
                     "--trace-children=yes",
                     f"--callgrind-out-file={out}/%p",
-                    *mitmdump(tmp, port, pki.ca_cert, name == "addon", free_port(), extra),
+                    *command(name, tmp, port, pki.ca_cert, extra),
                 ]
                 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 try:
@@ -493,11 +596,12 @@ def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[st
                 own = _callgrind_total(out / str(proc.pid))
                 others = sum(_callgrind_total(f) for f in out.iterdir() if f.name != str(proc.pid))
                 per[name] = (own / n, others / n)
-            bare = sum(per["bare"])
-            addon_own, child = per["addon"]
+            bare = sum(per[base])
+            addon_own, child = per[ours]
             added = addon_own + child - bare
+            label = scheme if base == "bare" else f"{scheme}/cli"
             print(
-                f"{scheme:6} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
+                f"{label:9} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
                 f"{added / bare:+8.1%} {bare / (addon_own + child):6.3f}x "
                 f"{(addon_own - bare) / bare:+10.1%} {bare / addon_own:6.3f}x"
             )
@@ -506,6 +610,12 @@ def instructions(tmp: Path, pki: Any, n: int, schemes: list[str], extra: list[st
             " both;\nthe store process's count is an upper bound at callgrind's pace"
             " (see instructions() in this file)"
         )
+        if embedded:
+            print(
+                "/cli: egresswatch proxy (the addon added to an embedded master) against the"
+                " same master\nwithout it; the other rows: mitmdump -s addons/egresswatch.py"
+                " against mitmdump"
+            )
     finally:
         server.terminate()
         server.wait(10)
@@ -593,7 +703,17 @@ def main() -> None:
         help="instead: count instructions per request under callgrind, bare vs addon, N "
         "requests (1-2000; ~4 min for 300); needs valgrind",
     )
+    ap.add_argument(
+        "--embedded",
+        action="store_true",
+        help="also compare egresswatch proxy (the addon added to an embedded mitmproxy "
+        "master) with the same master bare, in the same rounds (or with --instructions)",
+    )
+    ap.add_argument("--bare-master", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.bare_master:
+        _run_bare_master(int(args.bare_master[0]), args.bare_master[1], args.bare_master[2])
+        return
     if not 0 < args.seconds <= 60 or not 0 < args.rounds <= 40 or not 0 < args.connections <= 64:
         raise SystemExit("bounds: seconds 0-60, rounds 1-40, connections 1-64")
 
@@ -610,7 +730,7 @@ def main() -> None:
             if not 0 < args.instructions <= 2000:
                 raise SystemExit("bounds: --instructions 1-2000")
             schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
-            instructions(tmp, pki, args.instructions, schemes, args.addon_set)
+            instructions(tmp, pki, args.instructions, schemes, args.addon_set, args.embedded)
             return
         hook_cost(tmp, 3000)
         if args.hooks_only:
@@ -624,17 +744,22 @@ def main() -> None:
             procs.append(server)
             wait_port(https_port, server)
             variants = dict(_variant(v) for v in args.variant)
-            names = ["bare", "addon", *(["control"] if args.control else []), *variants]
+            names = [
+                "bare",
+                "addon",
+                *(["control"] if args.control else []),
+                *variants,
+                *(["master", "cli"] if args.embedded else []),
+            ]
             ports = {name: free_port() for name in names}
             pids: dict[str, int] = {}
             for name, port in ports.items():
                 p = subprocess.Popen(
-                    mitmdump(
+                    command(
+                        name,
                         tmp,
                         port,
                         pki.ca_cert,
-                        name not in ("bare", "control"),
-                        free_port(),
                         # a variant's store is its own: no two proxies share a SQLite file
                         [
                             *(
@@ -678,8 +803,10 @@ def main() -> None:
                 for name in merged:
                     asyncio.run(load(ports[name], scheme, sport, body, ca, 1.0, 2))
                 round_ratios: list[float] = []
-                #: bare/name CPU per request, per round, for the control and the variants
+                #: baseline/name CPU per request, per round, for the control, the variants
+                #: and the embedded pair (egresswatch proxy against the bare master)
                 other_ratios: dict[str, list[float]] = {n: [] for n in names[2:]}
+                baseline = {n: "master" if n == "cli" else "bare" for n in names}
                 for i in range(args.rounds):
                     per_request: dict[str, float] = {}
                     # each round starts with another proxy: a box that speeds up or slows
@@ -706,7 +833,7 @@ def main() -> None:
                         round_ratios.append(per_request["bare"] / per_request["addon"])
                     for other, ratios in other_ratios.items():
                         if per_request[other] > 0:
-                            ratios.append(per_request["bare"] / per_request[other])
+                            ratios.append(per_request[baseline[other]] / per_request[other])
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
@@ -741,39 +868,42 @@ def main() -> None:
                 for other, ratios in other_ratios.items():
                     if not ratios:
                         continue
-                    what = (
-                        "a second bare mitmdump: the noise floor of the ratios above"
-                        if other == "control"
-                        else "addon with " + " ".join(variants[other])
-                    )
+                    what = {
+                        "control": "a second bare mitmdump: the noise floor of the ratios above",
+                        "master": "mitmproxy's master as egresswatch proxy embeds it, no addon",
+                        "cli": "egresswatch proxy against that master (goal: >= 0.90x)",
+                    }.get(other) or "addon with " + " ".join(variants[other])
+                    base = merged[baseline[other]]
                     print(
                         f"{scheme:6} {'A/A' if other == 'control' else other[:6]:6} "
                         f"{statistics.median(ratios):8.2f}x  "
-                        f"bare/{other} CPU per request, median of {len(ratios)} rounds "
-                        f"(range {min(ratios):.2f}-{max(ratios):.2f}; totals "
-                        f"{bare.cpu_per_request / merged[other].cpu_per_request:.2f}x): {what}"
+                        f"{baseline[other]}/{other} CPU per request, median of {len(ratios)} "
+                        f"rounds (range {min(ratios):.2f}-{max(ratios):.2f}; totals "
+                        f"{base.cpu_per_request / merged[other].cpu_per_request:.2f}x): {what}"
                     )
                 # Latency without queueing: one connection, one request at a time. Under the
                 # saturating load above, a request waits behind the others, so p99 there
                 # grows with any per-request cost (2 ms at 20 ms is 10%); this is the time the
                 # addon adds to a request the proxy has capacity for.
-                lone = {"bare": Result(), "addon": Result()}
-                for i in range(args.rounds):
-                    for name in ("bare", "addon") if i % 2 == 0 else ("addon", "bare"):
-                        r = asyncio.run(
-                            load(ports[name], scheme, sport, body, ca, args.seconds / 2, 1)
-                        )
-                        lone[name].latencies += r.latencies
-                        lone[name].errors += r.errors
-                        lone[name].seconds += r.seconds
-                b1, a1 = lone["bare"], lone["addon"]
-                print(
-                    f"{scheme:6} 1 conn  bare p50 {b1.pct(50) * 1e3:.2f} p99 {b1.pct(99) * 1e3:.2f}"
-                    f" ms, addon p50 {a1.pct(50) * 1e3:.2f} p99 {a1.pct(99) * 1e3:.2f} ms: added "
-                    f"p50 {(a1.pct(50) - b1.pct(50)) * 1e3:+.2f} ms, p99 "
-                    f"{(a1.pct(99) - b1.pct(99)) * 1e3:+.2f} ms  ({len(b1.latencies)}/"
-                    f"{len(a1.latencies)} requests, errors {b1.errors}/{a1.errors})"
-                )
+                for base_name, ours in PAIRS if args.embedded else PAIRS[:1]:
+                    lone = {base_name: Result(), ours: Result()}
+                    for i in range(args.rounds):
+                        for name in (base_name, ours) if i % 2 == 0 else (ours, base_name):
+                            r = asyncio.run(
+                                load(ports[name], scheme, sport, body, ca, args.seconds / 2, 1)
+                            )
+                            lone[name].latencies += r.latencies
+                            lone[name].errors += r.errors
+                            lone[name].seconds += r.seconds
+                    b1, a1 = lone[base_name], lone[ours]
+                    print(
+                        f"{scheme:6} 1 conn  {base_name} p50 {b1.pct(50) * 1e3:.2f} p99 "
+                        f"{b1.pct(99) * 1e3:.2f} ms, {ours} p50 {a1.pct(50) * 1e3:.2f} p99 "
+                        f"{a1.pct(99) * 1e3:.2f} ms: added p50 "
+                        f"{(a1.pct(50) - b1.pct(50)) * 1e3:+.2f} ms, p99 "
+                        f"{(a1.pct(99) - b1.pct(99)) * 1e3:+.2f} ms  ({len(b1.latencies)}/"
+                        f"{len(a1.latencies)} requests, errors {b1.errors}/{a1.errors})"
+                    )
         finally:
             for p in reversed(procs):
                 _stop(p, 10)
