@@ -14,7 +14,8 @@ SQLite store, Prometheus metrics). A keep-alive load generator sends 1 KiB JSON 
 requests (``Host: api.openai.com``, so the catalog and classifier do real work) over
 N connections through each proxy in alternating rounds, for HTTP (absolute-form) and
 HTTPS (CONNECT + TLS with SNI). Prints requests/s, p50/p99 latency, the throughput
-ratio and the added latency. Bounded: rounds x seconds x 4 runs, plus start-up.
+ratio and the added latency. Bounded: rounds x seconds x proxies x 2 schemes, plus
+start-up and the one-connection runs.
 
 ``--embedded`` adds the path of ``egresswatch proxy``: the addon added directly to an
 embedded mitmproxy master (no script loader, no dumper, mitmproxy's root logger left
@@ -327,11 +328,39 @@ def egresswatch_proxy(
     ]
     for item in extra:
         name, _, value = item.partition("=")
-        # the CLI builds its store before mitmproxy's options are set: its own flag
-        cmd += (
-            ["--store-process", value] if name == "egresswatch_store_process" else ["--set", item]
-        )
+        # The CLI builds its inspector and sinks from its own flags before mitmproxy's
+        # options exist: an option they are built from goes as that flag (the last of a
+        # repeated flag wins), one the addon reads while running goes as --set.
+        if name in _CLI_FLAGS:
+            cmd += _CLI_FLAGS[name](value)
+        elif name in _CLI_BUILT:
+            raise SystemExit(
+                f"--addon-set {name}: egresswatch proxy takes it as a flag this bench does "
+                "not pass; measure it with --variant (mitmdump) instead"
+            )
+        else:
+            cmd += ["--set", item]
     return cmd
+
+
+#: egresswatch_* options -> the egresswatch proxy flags that set the same thing
+_CLI_FLAGS: dict[str, Any] = {
+    "egresswatch_store_process": lambda v: ["--store-process", v],
+    "egresswatch_db": lambda v: ["--no-store"] if v == "none" else ["--db", v],
+    "egresswatch_metrics_listen": lambda v: ["--metrics-listen", v] if v else ["--no-metrics"],
+    "egresswatch_body_limit": lambda v: ["--body-limit", v],
+}
+#: options the CLI builds its parts from, with flags the bench has no mapping for
+_CLI_BUILT = {
+    "egresswatch_policy",
+    "egresswatch_mode",
+    "egresswatch_catalog",
+    "egresswatch_geoip_dir",
+    "egresswatch_country_db",
+    "egresswatch_asn_db",
+    "egresswatch_overrides",
+    "egresswatch_sensor_name",
+}
 
 
 def _run_bare_master(port: int, confdir: str, pki_ca: str) -> None:
@@ -636,7 +665,7 @@ def _variant(text: str) -> tuple[str, list[str]]:
     """``"process:egresswatch_store_process=true"`` -> (name, [option, ...])."""
     name, sep, opts = text.partition(":")
     items = [o.strip() for o in opts.split(",") if o.strip()]
-    if not sep or not name or name in ("bare", "addon", "control") or not items:
+    if not sep or not name or name in ("bare", "addon", "control", "master", "cli") or not items:
         raise SystemExit(f"--variant {text!r}: use NAME:OPT=VALUE[,OPT=VALUE]")
     if any("=" not in o or not o.startswith("egresswatch_") for o in items):
         raise SystemExit(f"--variant {text!r}: options are egresswatch_NAME=VALUE")
@@ -688,7 +717,8 @@ def main() -> None:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra option for the addon's mitmdump (egresswatch_db=none ...)",
+        help="extra option for every proxy with the addon (egresswatch_db=none ...); "
+        "egresswatch proxy (--embedded) gets the matching flag where the option has one",
     )
     ap.add_argument(
         "--no-pin",
