@@ -954,14 +954,28 @@ def main() -> None:
         finally:
             for p in reversed(procs):
                 _stop(p, 10)
-        rows = 0
-        db = tmp / "bench.db"
-        if db.exists():
-            import sqlite3
+        print(f"decisions recorded by the addon's store: {_recorded(tmp / 'bench.db')}")
+        # the other proxies with the addon write their own files (variants, egresswatch proxy)
+        others = {
+            name: _recorded(tmp / f"{name}.db")
+            for name in [*dict(_variant(v) for v in args.variant), "cli"]
+            if (tmp / f"{name}.db").exists()
+        }
+        if others:
+            print(
+                "decisions recorded by the other stores: "
+                + ", ".join(f"{name} {rows}" for name, rows in others.items())
+            )
 
-            with sqlite3.connect(db) as c:
-                rows = c.execute("select count(*) from flows").fetchone()[0]
-        print(f"decisions recorded by the addon's store: {rows}")
+
+def _recorded(db: Path) -> int:
+    """Rows in a store's ``flows`` table; 0 when the file was never written."""
+    if not db.exists():
+        return 0
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(db)) as c:
+        return int(c.execute("select count(*) from flows").fetchone()[0])
 
 
 if __name__ == "__main__":

@@ -63,3 +63,6 @@ def test_bench_proxy_runs_every_proxy_including_egresswatch_proxy() -> None:
     assert lone == [("bare", "addon"), ("master", "cli")], out.stdout
     recorded = re.search(r"decisions recorded by the addon's store: (\d+)", out.stdout)
     assert recorded and int(recorded.group(1)) > 0, out.stdout
+    # egresswatch proxy judged and recorded too: not a bare master under another name
+    cli = re.search(r"decisions recorded by the other stores: .*\bcli (\d+)", out.stdout)
+    assert cli and int(cli.group(1)) > 0, out.stdout
