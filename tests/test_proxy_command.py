@@ -89,6 +89,83 @@ async def test_build_master_sets_lazy_in_enforce_mode(tmp_path: Path) -> None:
     master.addons.get("egresswatch").done()
 
 
+async def test_master_runs_only_the_addons_a_sensor_needs(tmp_path: Path) -> None:
+    from mitmproxy.addons import default_addons
+
+    from egresswatch.mitmmaster import KEPT
+
+    settings = Settings(store=False, metrics_listen=None)
+    master = build_master(ProxyConfig(settings=settings, confdir=tmp_path, listen=("127.0.0.1", 0)))
+    try:
+        names = {type(a).__name__ for a in master.addons.chain}
+        assert set(KEPT) <= names
+        assert {"ErrorCheck", "EgressWatch"} <= names
+        dropped = {type(a).__name__ for a in default_addons()} - set(KEPT)
+        # what rewrites, replays or saves traffic is not there, nor mitmdump's dumper
+        for name in ("MapRemote", "ModifyHeaders", "ClientPlayback", "Save", "ScriptLoader"):
+            assert name in dropped and name not in names
+        assert "Dumper" not in names and "KeepServing" not in names
+        assert len(dropped) == 19  # default_addons(): 31, of them 12 kept
+        # the options of the kept ones are there, and set through --set as before
+        master.options.set("proxyauth=user:secret")
+        assert master.options.block_global is True
+    finally:
+        master.addons.get("egresswatch").done()
+
+
+async def test_an_option_of_a_left_out_addon_says_why(tmp_path: Path) -> None:
+    from egresswatch.commands.proxy import ProxyError
+
+    settings = Settings(store=False, metrics_listen=None)
+    with pytest.raises(ProxyError) as left_out:
+        build_master(
+            ProxyConfig(
+                settings=settings,
+                confdir=tmp_path,
+                listen=("127.0.0.1", 0),
+                extra=(("map_remote", "|example.com|example.org"),),
+            )
+        )
+    assert "map_remote belongs to a mitmproxy addon that egresswatch proxy does not load" in str(
+        left_out.value
+    )
+    assert "mitmdump -s addons/egresswatch.py" in str(left_out.value)
+    with pytest.raises(ProxyError) as unknown:
+        build_master(
+            ProxyConfig(
+                settings=settings,
+                confdir=tmp_path,
+                listen=("127.0.0.1", 0),
+                extra=(("no_such_option", "1"),),
+            )
+        )
+    assert "no_such_option" in str(unknown.value) and "does not load" not in str(unknown.value)
+
+
+def test_left_out_option_via_the_command_is_one_line(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [
+            egresswatch_bin(),
+            "proxy",
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--confdir",
+            str(tmp_path / "conf"),
+            "--no-store",
+            "--no-metrics",
+            "--set",
+            f"save_stream_file={tmp_path / 'flows'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0
+    assert "save_stream_file belongs to a mitmproxy addon" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "flows").exists()
+
+
 pytestmark = pytest.mark.anyio
 
 

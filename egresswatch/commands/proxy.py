@@ -1,11 +1,12 @@
 """``egresswatch proxy``: run mitmproxy with the egresswatch addon (the inline sensor).
 
-mitmproxy runs embedded (``DumpMaster``) in this process rather than as a
-``mitmdump`` child: the inspector and sinks are built, and configuration errors
-reported, before any port is opened; one process owns the metrics registry and
-the store writer; and ``egresswatch run`` can call :func:`run_proxy` with parts it
-built itself. ``mitmdump -s addons/egresswatch.py`` remains the way to add the
-addon to an existing mitmproxy setup.
+mitmproxy runs embedded in this process rather than as a ``mitmdump`` child, with
+only the mitmproxy addons a sensor needs (:mod:`egresswatch.mitmmaster`): the
+inspector and sinks are built, and configuration errors reported, before any port
+is opened; one process owns the metrics registry and the store writer; and
+``egresswatch run`` can call :func:`run_proxy` with parts it built itself.
+``mitmdump -s addons/egresswatch.py`` remains the way to add the addon to an existing
+mitmproxy setup, with all of mitmproxy's addons.
 """
 
 from __future__ import annotations
@@ -178,20 +179,23 @@ def trust_hints(ca: Path, listen: tuple[str, int], mode: str) -> list[str]:
 
 
 def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) -> Any:
-    """A mitmproxy ``DumpMaster`` with the egresswatch addon, options set, not yet running.
+    """A mitmproxy master with the egresswatch addon, options set, not yet running.
+
+    The master has mitmproxy's addons that a sensor needs (:mod:`egresswatch.mitmmaster`),
+    not mitmdump's full set.
 
     ``inspector`` and ``sinks`` are built from ``config.settings`` when not given.
     Must be called with an event loop running (mitmproxy binds its master to it).
     """
     from mitmproxy import exceptions, options
-    from mitmproxy.tools.dump import DumpMaster
 
+    from egresswatch.mitmmaster import sensor_master
     from egresswatch.proxy import EgressWatch, install_doh_canary
 
     if inspector is None or sinks is None:
         inspector, sinks = build_parts(config.settings)
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=config.verbose, with_dumper=False)
+    master = sensor_master(opts, verbose=config.verbose)
     addon = EgressWatch(inspector, sinks)
     master.addons.add(addon)
     if config.dns_listen is not None:
@@ -215,11 +219,27 @@ def build_master(config: ProxyConfig, inspector: Any = None, sinks: Any = None) 
         # Options defined by addons exist only once the master has its addons (lab-notes.md).
         opts.update(**values)
         for name, value in config.extra:
-            opts.set(f"{name}={value}")
+            _set_extra(opts, name, value)
     except (exceptions.OptionsError, KeyError) as e:
         sinks.close()
         raise ProxyError(f"bad mitmproxy option: {e}") from e
     return master
+
+
+def _set_extra(opts: Any, name: str, value: str) -> None:
+    """``--set NAME=VALUE``; an option of an addon the sensor leaves out says so."""
+    from mitmproxy import exceptions
+
+    from egresswatch.mitmmaster import left_out_option
+
+    if name not in opts and left_out_option(name):
+        raise exceptions.OptionsError(
+            f"{name} belongs to a mitmproxy addon that egresswatch proxy does not load: "
+            "it leaves out the ones that rewrite, replay or save traffic, or serve "
+            "mitmproxy's console (docs/proxy.md). To use it, run mitmdump -s "
+            "addons/egresswatch.py with the same option"
+        )
+    opts.set(f"{name}={value}")
 
 
 def dns_mode(listen: tuple[str, int]) -> str:

@@ -89,9 +89,9 @@ def _sniff(recorder: Recorder, iface: str, stop: threading.Event, ready: threadi
 
 async def _serve(cfg: dict[str, Any]) -> None:
     from mitmproxy import options
-    from mitmproxy.tools.dump import DumpMaster
 
     from egresswatch import runtime
+    from egresswatch.mitmmaster import sensor_master
     from egresswatch.proxy import EgressWatch
 
     settings = runtime.Settings(
@@ -150,7 +150,7 @@ async def _serve(cfg: dict[str, Any]) -> None:
     servers = [await asyncio.start_server(raw.handle, host=h, port=cfg["raw_port"]) for h in hosts]
 
     opts = options.Options()
-    master = DumpMaster(opts, with_termlog=bool(cfg.get("verbose")), with_dumper=False)
+    master = sensor_master(opts, verbose=bool(cfg.get("verbose")))
     # mitmproxy's own resolver would answer (or forward) first; the pool is the only resolver.
     resolver = master.addons.get("dnsresolver")
     if resolver is not None:
