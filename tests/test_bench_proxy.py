@@ -60,7 +60,13 @@ def test_bench_proxy_runs_every_proxy_including_egresswatch_proxy() -> None:
     lone = re.findall(
         r"^http\s+1 conn\s+(\w+) p50 .* ms, (\w+) p50 .*errors 0/0\)$", out.stdout, re.M
     )
-    assert lone == [("bare", "addon"), ("master", "cli")], out.stdout
+    # egresswatch proxy against bare mitmdump: what a user gets instead of mitmproxy
+    assert re.search(
+        r"^http\s+cli\s+([\d.]+)x\s+bare/cli .*median of 1 rounds \(95% interval \1-\1;",
+        out.stdout,
+        re.M,
+    ), out.stdout
+    assert lone == [("bare", "addon"), ("master", "cli"), ("bare", "cli")], out.stdout
     recorded = re.search(r"decisions recorded by the addon's store: (\d+)", out.stdout)
     assert recorded and int(recorded.group(1)) > 0, out.stdout
     # egresswatch proxy judged and recorded too: not a bare master under another name
