@@ -594,7 +594,7 @@ def instructions(
     counted: dict[tuple[str, str], tuple[float, float]] = {}
     print(f"instructions per request (callgrind), {n} requests, one keep-alive connection")
     print(
-        f"{'scheme':9} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
+        f"{'scheme':16} {'bare':>12} {'addon':>12} {'store proc':>12} {'added':>8} {'ratio':>7}"
         f" {'proxy process only':>19}"
     )
     try:
@@ -640,7 +640,7 @@ def instructions(
             added = addon_own + child - bare
             label = scheme if ours == "addon" else f"{scheme}/{base}/cli"
             print(
-                f"{label:9} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
+                f"{label:16} {bare:12,.0f} {addon_own:12,.0f} {child:12,.0f} "
                 f"{added / bare:+8.1%} {bare / (addon_own + child):6.3f}x "
                 f"{(addon_own - bare) / bare:+10.1%} {bare / addon_own:6.3f}x"
             )
