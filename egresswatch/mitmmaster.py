@@ -1,16 +1,16 @@
 """The mitmproxy master that egresswatch runs: the addons a sensor needs, and no others.
 
 mitmdump's ``DumpMaster`` loads 34 addons. mitmproxy asks every top-level addon about
-every event, and an HTTP request raises about six events: its hooks, and an ``update``
-after each one that changes the flow. 21 of those addons do nothing for a sensor, but
-they still cost ~38% of the Python a bare mitmdump runs per request
-(docs/performance.md, "Eighth pass"). They are also things a sensor should not do:
-rewrite requests (``map_remote``, ``modify_headers``, ``anticache``, the sticky
-cookie and auth addons ...), replay them (client and server playback), or write raw
-flows to disk (``save_stream_file``, HAR), where egresswatch keeps only redacted
-evidence.
+every event, and an HTTP request raises eight: ``requestheaders``, ``request``,
+``responseheaders`` and ``response``, each followed by an ``update``. 21 of those
+addons do nothing for a sensor, but they still cost ~38% of the Python a bare mitmdump
+runs per request (docs/performance.md, "Eighth pass"). They are also things a sensor
+should not do: rewrite requests (``map_remote``, ``modify_headers``, ``anticache``,
+the sticky cookie and auth addons ...), replay them (client and server playback), or
+write raw flows to disk (``save_stream_file``, HAR), where egresswatch keeps only
+redacted evidence.
 
-``egresswatch proxy`` and the verify gateway build their master here.
+``egresswatch proxy``, ``egresswatch run`` and the verify gateway build their master here.
 ``mitmdump -s addons/egresswatch.py`` keeps every mitmproxy addon; a user who needs
 one of the others runs that.
 """
