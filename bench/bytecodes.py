@@ -28,7 +28,6 @@ sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
 import argparse  # noqa: E402
 import asyncio  # noqa: E402
 import collections  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import signal  # noqa: E402
 import subprocess  # noqa: E402
@@ -38,6 +37,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.benchmod import bench_module  # noqa: E402
+
 PROXIES = ("bare", "addon", "master", "cli")
 PAIRS = (("bare", "addon"), ("master", "cli"), ("bare", "cli"))
 WHAT = {
@@ -53,12 +56,7 @@ WARMUP = 100
 
 def _bench_proxy() -> Any:
     """bench/proxy.py as a module: its proxies' command lines, test server and load."""
-    spec = importlib.util.spec_from_file_location("bench_proxy", ROOT / "bench" / "proxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("proxy")
 
 
 def counted(out: Path, argv: list[str]) -> None:

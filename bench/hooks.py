@@ -28,7 +28,6 @@ import sys
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("bench")]
 
 import argparse  # noqa: E402
-import importlib.util  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -38,6 +37,10 @@ from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from helpers.benchmod import bench_module  # noqa: E402
+
 SINKS = ("none", "metrics", "full")
 #: flows made in every run, whatever N: making them is then not part of the difference
 FLOWS = 2000
@@ -45,12 +48,7 @@ FLOWS = 2000
 
 def _bench_proxy() -> Any:
     """bench/proxy.py as a module: its policy, request body and hook driver."""
-    spec = importlib.util.spec_from_file_location("bench_proxy", ROOT / "bench" / "proxy.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("proxy")
 
 
 def child(n: int, sinks: str, work: Path) -> None:
