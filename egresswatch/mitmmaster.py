@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from egresswatch.errors import EgressWatchError
+
 #: mitmproxy's addons that a sensor keeps, by class name. The rest of
 #: ``mitmproxy.addons.default_addons()`` is left out.
 KEPT = (
@@ -40,16 +42,20 @@ KEPT = (
 def sensor_addons() -> list[Any]:
     """New instances of the mitmproxy addons a sensor runs, in mitmproxy's own order.
 
-    Raises RuntimeError when this mitmproxy lacks one of :data:`KEPT` (an upgrade that
-    renamed it): the sensor would otherwise start without it, unnoticed.
+    Raises EgressWatchError when this mitmproxy lacks one of :data:`KEPT` (an upgrade
+    that renamed it): the sensor would otherwise start without it, unnoticed.
     """
+    from mitmproxy import version
     from mitmproxy.addons import default_addons
     from mitmproxy.addons.errorcheck import ErrorCheck
 
     kept = [a for a in default_addons() if type(a).__name__ in KEPT]
     missing = set(KEPT) - {type(a).__name__ for a in kept}
     if missing:
-        raise RuntimeError(f"this mitmproxy has no {', '.join(sorted(missing))} addon")
+        raise EgressWatchError(
+            f"mitmproxy {version.VERSION} has no {', '.join(sorted(missing))} addon, which "
+            "egresswatch needs: install the mitmproxy version pyproject.toml names"
+        )
     # mitmdump's start-up check: a listener that failed to bind stops the run
     return [*kept, ErrorCheck()]
 

@@ -113,6 +113,22 @@ async def test_master_runs_only_the_addons_a_sensor_needs(tmp_path: Path) -> Non
         master.addons.get("egresswatch").done()
 
 
+def test_a_mitmproxy_without_a_kept_addon_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mitmproxy.addons
+
+    from egresswatch.errors import EgressWatchError
+    from egresswatch.mitmmaster import sensor_addons
+
+    full = mitmproxy.addons.default_addons
+    monkeypatch.setattr(
+        mitmproxy.addons,
+        "default_addons",
+        lambda: [a for a in full() if type(a).__name__ != "TlsConfig"],
+    )
+    with pytest.raises(EgressWatchError, match="has no TlsConfig addon"):
+        sensor_addons()
+
+
 @pytest.mark.parametrize(
     ("option", "says"),
     [
