@@ -14,8 +14,8 @@ switches it on and another switches it off and writes the counts.
 Prints each proxy's bytecodes and calls per request, then for each pair (bare/addon,
 master/cli, bare/cli, as far as both were run) the files or functions whose count
 changed most. The counts repeat exactly from run to run; they leave out what C code
-does (TLS, SQLite, sockets, the kernel). Counting makes the proxies ~30x slower:
-~1 minute per proxy at 200 requests.
+does (TLS, SQLite, sockets, the kernel). Counting slows the proxies down a lot:
+~1 minute per proxy at 200 requests here.
 """
 
 from __future__ import annotations
@@ -156,15 +156,15 @@ def load(path: Path, by: str) -> tuple[collections.Counter[str], collections.Cou
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--counted"]:  # the runner: --counted OUT COMMAND...
+        counted(Path(sys.argv[2]), sys.argv[3:])
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=200, help="counted requests (1-2000)")
     ap.add_argument("--scheme", choices=("http", "https"), default="http")
     ap.add_argument("--proxies", default=",".join(PROXIES), help="of " + ", ".join(PROXIES))
     ap.add_argument("--by", choices=("file", "function"), default="file")
     ap.add_argument("--top", type=int, default=25, help="rows per pair")
-    if sys.argv[1:2] == ["--counted"]:  # the runner: --counted OUT COMMAND...
-        counted(Path(sys.argv[2]), sys.argv[3:])
-        return
     args = ap.parse_args()
     names = [p.strip() for p in args.proxies.split(",") if p.strip()]
     if not names or any(p not in PROXIES for p in names):
@@ -173,7 +173,7 @@ def main() -> None:
         raise SystemExit("bounds: --requests 1-2000, --top 1-500")
 
     bp = _bench_proxy()
-    from helpers.geoip import build_lab_db  # bench/proxy.py put tests/ on sys.path
+    from helpers.geoip import build_lab_db
 
     n = args.requests
     with tempfile.TemporaryDirectory(prefix="ew-bytecodes-") as d:
